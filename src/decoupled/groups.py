@@ -1,0 +1,137 @@
+"""Parameter-group helpers: which parameters to decay, and the decay each group actually applies."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from ._validation import check_nonnegative
+from .conventions import decay_terms
+
+__all__ = ["GroupSummary", "ParamGroups", "effective_decay", "param_groups"]
+
+# Modules whose parameters are scales and shifts, not weights: decaying them towards 0 fights the model.
+_NORMALIZATION_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+_EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """What fell into one group: its weight decay, and how many tensors and elements it holds."""
+
+    name: str
+    weight_decay: float
+    tensors: int
+    elements: int
+
+
+class ParamGroups(list):
+    """The list of parameter-group dicts (pass it to any optimizer), plus :attr:`summary` and :meth:`report`."""
+
+    summary: list[GroupSummary]
+
+    def report(self) -> str:
+        """One line per group: name, weight decay, tensors and elements."""
+        return "\n".join(
+            f"{s.name:>8}: weight_decay={s.weight_decay:g}, {s.tensors} tensors, {s.elements:,} elements"
+            for s in self.summary
+        )
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    decay_embeddings: bool = True,
+    exclude: Iterable[str] = (),
+    **group_options: Any,
+) -> ParamGroups:
+    """Split a model's trainable parameters into a decayed and an undecayed group, by rule.
+
+    Not decayed: biases, every parameter of a normalization layer (BatchNorm, LayerNorm, GroupNorm, RMSNorm,
+    ...), any other parameter with fewer than 2 dimensions (gains, scalars), embeddings when
+    ``decay_embeddings=False``, and parameters whose qualified name matches a pattern of ``exclude``
+    (fnmatch, e.g. ``"*.pos_embed"``). Everything else gets ``weight_decay``. A parameter shared by several
+    modules is listed once, undecayed if any rule says so. ``group_options`` (lr, betas, ...) go into both
+    groups. Each group also carries ``param_names``, which torch's optimizers keep in state_dicts.
+
+    Example:
+        >>> import torch, decoupled
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+        >>> groups = decoupled.param_groups(model, weight_decay=1e-4)
+        >>> print(groups.report())
+           decay: weight_decay=0.0001, 2 tensors, 48 elements
+        no_decay: weight_decay=0, 4 tensors, 26 elements
+        >>> opt = decoupled.AdamW(groups, lr=1e-3)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"param_groups() takes an nn.Module, got {type(model).__name__}")
+    check_nonnegative("weight_decay", weight_decay)
+    patterns = [exclude] if isinstance(exclude, str) else list(exclude)
+    undecayed: set[int] = set()
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            qualified = f"{module_name}.{name}" if module_name else name
+            if (
+                name.endswith("bias")
+                or isinstance(module, _NORMALIZATION_TYPES)
+                or param.ndim < 2
+                or (not decay_embeddings and isinstance(module, _EMBEDDING_TYPES))
+                or any(fnmatch.fnmatchcase(qualified, pattern) for pattern in patterns)
+            ):
+                undecayed.add(id(param))
+    decay_named, no_decay_named = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay_named if id(param) in undecayed else decay_named).append((name, param))
+    groups = ParamGroups()
+    groups.summary = []
+    for group_name, named, value in (("decay", decay_named, weight_decay), ("no_decay", no_decay_named, 0.0)):
+        if named:
+            groups.append(
+                dict(group_options, params=[p for _, p in named], param_names=[n for n, _ in named], weight_decay=value)
+            )
+        groups.summary.append(GroupSummary(group_name, value, len(named), sum(p.numel() for _, p in named)))
+    return groups
+
+
+def effective_decay(optimizer: Optimizer) -> list[float | None]:
+    """The per-step decay factor f of each group's next step: theta <- (1 - f) theta for its parameters.
+
+    Works for this package's optimizers (any convention) and for torch's own: torch.optim.AdamW (and Adam,
+    NAdam, RAdam with ``decoupled_weight_decay=True``) decay by f = lr * weight_decay. An L2 penalty (decay="l2",
+    or torch's SGD/Adam/... ``weight_decay``) has no per-step factor, since it goes through the gradient and, for
+    adaptive methods, the preconditioner: its entry is None.
+
+    Example:
+        >>> import torch, decoupled
+        >>> opt = decoupled.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3, weight_decay=1e-4)
+        >>> for group in opt.param_groups: group["lr"] = 0.5e-3   # what a scheduler does: eta_t = 0.5
+        >>> decoupled.effective_decay(opt)
+        [5e-05]
+    """
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"effective_decay() takes a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    factors: list[float | None] = []
+    for group in optimizer.param_groups:
+        weight_decay = group.get("weight_decay", 0.0)
+        lr = float(group["lr"])
+        if "decay" in group:
+            terms = decay_terms(group["decay"], lr=lr, base_lr=group["base_lr"], weight_decay=weight_decay)
+            factors.append(None if group["decay"] == "l2" and weight_decay else terms.factor)
+        elif group.get("decoupled_weight_decay") or isinstance(optimizer, torch.optim.AdamW):
+            factors.append(lr * weight_decay)
+        else:
+            factors.append(None if weight_decay else 0.0)
+    return factors

@@ -1,0 +1,150 @@
+"""Pure update math over tensor lists, and the one dispatcher that picks how it runs.
+
+Three interchangeable implementations share each family's signature:
+
+* ``forloop`` (:mod:`.forloop`): one tensor at a time;
+* ``foreach`` (:mod:`.foreach`): torch's multi-tensor ``_foreach_*`` ops;
+* ``fused`` (:mod:`.fused`): one pass over memory per step: torch's fused Adam(W) kernel for Adam, and for
+  SGD a native C kernel on the CPU (:mod:`.native`) or torch's fused SGD elsewhere.
+
+``foreach=``/``fused=`` mean what they mean in torch.optim: when the user sets neither, the fastest path that
+supports the tensors is chosen (fused, then foreach, then the for-loop); an explicit request that cannot be
+honoured raises a ValueError naming the tensors' device or dtype. Tensors are grouped by device and dtype
+first, and each group is updated once per step.
+
+The kernels know nothing of decay conventions: they take ``decay_factor`` (theta <- (1 - decay_factor) theta)
+and ``l2`` (g <- g + l2 theta), which :func:`decoupled.conventions.decay_terms` computes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.utils._foreach_utils import (
+    _get_foreach_kernels_supported_devices,
+    _get_fused_kernels_supported_devices,
+    _group_tensors_by_device_and_dtype,
+)
+
+from . import foreach as _foreach
+from . import forloop as _forloop
+from . import fused as _fused
+from . import native
+
+__all__ = ["IMPLEMENTATIONS", "adam", "sgd", "resolve", "native"]
+
+IMPLEMENTATIONS: tuple[str, ...] = ("forloop", "foreach", "fused")
+_MODULES = {"forloop": _forloop, "foreach": _foreach, "fused": _fused}
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _fused_unsupported(device: torch.device, dtype: torch.dtype) -> str | None:
+    if device.type not in _get_fused_kernels_supported_devices():
+        return f"device {device.type!r} (fused kernels run on {_get_fused_kernels_supported_devices()})"
+    if dtype not in _FUSED_DTYPES:
+        return f"dtype {dtype} (fused kernels take float16, bfloat16, float32 and float64)"
+    return None
+
+
+def _foreach_unsupported(device: torch.device) -> str | None:
+    supported = ["cpu", *_get_foreach_kernels_supported_devices()]
+    if device.type not in supported:
+        return f"device {device.type!r} (foreach kernels run on {supported})"
+    return None
+
+
+def resolve(device: torch.device, dtype: torch.dtype, *, foreach: bool | None, fused: bool | None) -> str:
+    """The implementation ("forloop", "foreach" or "fused") for tensors of one device and dtype.
+
+    >>> resolve(torch.device("cpu"), torch.float32, foreach=None, fused=None)
+    'fused'
+    """
+    if foreach and fused:
+        raise ValueError("foreach=True and fused=True cannot be combined; set at most one")
+    if fused:
+        reason = _fused_unsupported(device, dtype)
+        if reason is not None:
+            raise ValueError(f"fused=True is not supported for {reason}")
+        return "fused"
+    if foreach:
+        reason = _foreach_unsupported(device)
+        if reason is not None:
+            raise ValueError(f"foreach=True is not supported for {reason}")
+        return "foreach"
+    if fused is None and foreach is None:
+        if _fused_unsupported(device, dtype) is None:
+            return "fused"
+        if _foreach_unsupported(device) is None:
+            return "foreach"
+    return "forloop"
+
+
+def _run(family: str, lists: list[list[Tensor]], foreach: bool | None, fused: bool | None, hyper: dict) -> None:
+    if not lists[0]:
+        return
+    for (device, dtype), (bucket, _) in _group_tensors_by_device_and_dtype(lists).items():
+        kernel: Callable[..., None] = getattr(_MODULES[resolve(device, dtype, foreach=foreach, fused=fused)], family)
+        kernel(*bucket, **hyper)
+
+
+def adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    decay_factor: float,
+    l2: float,
+    amsgrad: bool,
+    maximize: bool,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+) -> None:
+    """One step of Algorithm 2 (Adam with L2 when ``l2`` != 0, AdamW when ``decay_factor`` != 0).
+
+    Per tensor, with t = step + 1 and g = (maximize ? -grad : grad) + l2 * theta::
+
+        m = beta1 m + (1 - beta1) g;   v = beta2 v + (1 - beta2) g^2;   vmax = max(vmax, v)   (amsgrad)
+        theta = (1 - decay_factor) theta - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
+    ``max_exp_avg_sqs`` may be empty unless ``amsgrad``. ``steps`` are float scalar tensors, incremented here.
+    """
+    lists = [params, grads, exp_avgs, exp_avg_sqs]
+    lists += [max_exp_avg_sqs if amsgrad else [], steps]
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, decay_factor=decay_factor, l2=l2, amsgrad=amsgrad)
+    _run("adam", lists, foreach, fused, dict(hyper, maximize=maximize))
+
+
+def sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    maximize: bool,
+    decay_factor: float,
+    l2: float,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+) -> None:
+    """One step of Algorithm 1 (SGD with L2 when ``l2`` != 0, SGDW when ``decay_factor`` != 0).
+
+    Per tensor, with g = (maximize ? -grad : grad) + l2 * theta and the scheduled step inside the buffer::
+
+        m = momentum m + lr g;   theta = (1 - decay_factor) theta - (nesterov ? momentum m + lr g : m)
+
+    and theta = (1 - decay_factor) theta - lr g when ``momentum`` is 0 (``momentum_buffers`` may be empty then).
+    """
+    hyper = dict(lr=lr, momentum=momentum, nesterov=nesterov, maximize=maximize)
+    lists = [params, grads, momentum_buffers if momentum != 0 else []]
+    _run("sgd", lists, foreach, fused, dict(hyper, decay_factor=decay_factor, l2=l2))

@@ -1,0 +1,102 @@
+"""Multi-tensor kernels built from torch's ``_foreach_*`` ops: one launch per op for a whole tensor list.
+
+Same math and signatures as :mod:`decoupled.kernels.forloop`. Each op is a separate pass over memory, so
+these are slower than the fused kernels on CPU; they run on any device and dtype torch's foreach ops take.
+All tensors of one call share a device and a dtype (the dispatcher groups them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["adam", "sgd"]
+
+
+def _increment(steps: list[Tensor]) -> None:
+    if steps[0].is_cpu:
+        # A CPU scalar wrapped once: a plain 1 would be re-wrapped into a tensor for every step tensor.
+        torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
+    else:
+        torch._foreach_add_(steps, 1)
+
+
+def _effective_grads(params: list[Tensor], grads: list[Tensor], maximize: bool, l2: float) -> list[Tensor]:
+    """-grads when maximizing, plus l2 * params for the coupled convention; never writes the inputs."""
+    if maximize:
+        grads = torch._foreach_neg(grads)
+        if l2 != 0:
+            torch._foreach_add_(grads, params, alpha=l2)
+    elif l2 != 0:
+        grads = torch._foreach_add(grads, params, alpha=l2)
+    return grads
+
+
+def adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    decay_factor: float,
+    l2: float,
+    amsgrad: bool,
+    maximize: bool,
+) -> None:
+    """Algorithm 2 (Adam/AdamW) over a tensor list. Increments each ``steps`` entry by one."""
+    if not params:
+        return
+    grads = _effective_grads(params, grads, maximize, l2)
+    _increment(steps)
+    if decay_factor != 0:
+        torch._foreach_mul_(params, 1 - decay_factor)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    del grads
+    if amsgrad:
+        torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
+        denom = torch._foreach_sqrt(max_exp_avg_sqs)
+    else:
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+    step_values = [step.item() for step in steps]
+    torch._foreach_div_(denom, [(1 - beta2**step) ** 0.5 for step in step_values])
+    torch._foreach_add_(denom, eps)
+    step_sizes = [-lr / (1 - beta1**step) for step in step_values]
+    torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
+
+
+def sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    maximize: bool,
+    decay_factor: float,
+    l2: float,
+) -> None:
+    """Algorithm 1 (SGD/SGDW, the scheduled step inside the buffer) over a tensor list."""
+    if not params:
+        return
+    grads = _effective_grads(params, grads, maximize, l2)
+    if decay_factor != 0:
+        torch._foreach_mul_(params, 1 - decay_factor)
+    if momentum == 0:
+        torch._foreach_add_(params, grads, alpha=-lr)
+        return
+    torch._foreach_mul_(momentum_buffers, momentum)
+    torch._foreach_add_(momentum_buffers, grads, alpha=lr)
+    if nesterov:
+        torch._foreach_add_(params, momentum_buffers, alpha=-momentum)
+        torch._foreach_add_(params, grads, alpha=-lr)
+    else:
+        torch._foreach_sub_(params, momentum_buffers)

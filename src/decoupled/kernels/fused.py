@@ -1,0 +1,156 @@
+"""Fused kernels: one pass over memory per step, at the memory-bandwidth floor of each update.
+
+Adam/AdamW map exactly onto torch's own fused kernels. torch's fused AdamW computes
+``theta <- theta (1 - lr wd) - lr mhat / (sqrt(vhat) + eps)``, so the paper's decay factor eta_t * lambda (or
+any other per-step factor f) is obtained with ``wd = f / lr``: torch's fused AdamW with weight_decay =
+lambda / alpha and lr = eta_t * alpha *is* the paper's AdamW. The coupled "l2" convention is torch's fused Adam.
+
+SGD/SGDW has no torch counterpart (torch keeps the learning rate outside the momentum buffer and knows
+only L2 decay), so on the CPU it runs :mod:`decoupled.kernels.native`, one C loop over all tensors.
+Elsewhere (CUDA, or a CPU without a C compiler) torch's fused SGD is made to compute the paper's buffer
+``m = mu m + lr g``: with ``dampening = 1 - lr``, ``lr = 1`` and a zero-initialised buffer
+(``is_first_step=False``) its update ``buf = mu buf + (1 - dampening) g; theta -= 1 * buf`` is exactly
+Algorithm 1; a decoupled decay then costs one extra pass (``_foreach_mul_``) before it.
+This is the path a CUDA tensor takes.
+All tensors of one call share a device and a dtype (the dispatcher groups them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import foreach, native
+
+__all__ = ["adam", "sgd", "sgd_torch"]
+
+
+def adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    decay_factor: float,
+    l2: float,
+    amsgrad: bool,
+    maximize: bool,
+) -> None:
+    """Algorithm 2 on torch's fused Adam(W) kernel. Increments each ``steps`` entry by one."""
+    if not params:
+        return
+    if decay_factor != 0 and l2 != 0:
+        raise ValueError("the fused Adam kernel takes a decay factor or an L2 coefficient, not both")
+    if decay_factor != 0 and lr == 0:
+        # wd = factor / lr is undefined; the Adam step itself is zero, so only the decay remains.
+        torch._foreach_mul_(params, 1 - decay_factor)
+        decay_factor = 0.0
+    torch._foreach_add_(steps, 1)
+    kernel = torch._fused_adam_ if l2 != 0 else torch._fused_adamw_
+    kernel(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs if amsgrad else [],
+        steps,
+        amsgrad=amsgrad,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=l2 if l2 != 0 else (decay_factor / lr if decay_factor != 0 else 0.0),
+        eps=eps,
+        maximize=maximize,
+        grad_scale=None,
+        found_inf=None,
+    )
+
+
+def sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    maximize: bool,
+    decay_factor: float,
+    l2: float,
+) -> None:
+    """Algorithm 1 in one pass: the native C kernel for contiguous CPU tensors, else :func:`sgd_torch`."""
+    if not params:
+        return
+    if native_eligible(params, grads, momentum_buffers if momentum != 0 else None):
+        native.sgd_(
+            params,
+            grads,
+            momentum_buffers,
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            maximize=maximize,
+            keep=1 - decay_factor,
+            l2=l2,
+        )
+    else:
+        sgd_torch(
+            params,
+            grads,
+            momentum_buffers,
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            maximize=maximize,
+            decay_factor=decay_factor,
+            l2=l2,
+        )
+
+
+def native_eligible(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | None) -> bool:
+    """The native kernel takes CPU tensors of a supported dtype, all contiguous (so flat indices line up)."""
+    first = params[0]
+    if not (first.is_cpu and native.supports_dtype(first.dtype)):
+        return False
+    lists = (params, grads) if buffers is None else (params, grads, buffers)
+    return all(t.is_contiguous() for tensors in lists for t in tensors)
+
+
+def sgd_torch(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    maximize: bool,
+    decay_factor: float,
+    l2: float,
+) -> None:
+    """Algorithm 1 on torch's fused SGD kernel (any device it supports); see the module docstring.
+
+    Nesterov momentum with the step inside the buffer (theta -= mu m + lr g) has no such mapping and runs
+    the foreach kernel.
+    """
+    if nesterov:
+        foreach.sgd(
+            params, grads, momentum_buffers, lr=lr, momentum=momentum, nesterov=True,
+            maximize=maximize, decay_factor=decay_factor, l2=l2,
+        )  # fmt: skip
+        return
+    if decay_factor != 0:
+        torch._foreach_mul_(params, 1 - decay_factor)
+    # With momentum: buf = mu buf + lr (g + l2 theta); theta -= buf. Without: theta -= lr (g + l2 theta).
+    step_lr, dampening = (1.0, 1.0 - lr) if momentum != 0 else (lr, 0.0)
+    torch._fused_sgd_(
+        params, grads, momentum_buffers if momentum != 0 else [], weight_decay=l2, momentum=momentum,
+        lr=step_lr, dampening=dampening, nesterov=False, maximize=maximize, is_first_step=False,
+        grad_scale=None, found_inf=None,
+    )  # fmt: skip

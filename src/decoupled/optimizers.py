@@ -1,0 +1,418 @@
+"""AdamW, SGDW and decouple(): thin torch.optim shells over :mod:`decoupled.kernels` and
+:mod:`decoupled.conventions`.
+
+Each parameter group carries ``lr`` (eta_t * alpha, set by any torch LR scheduler), ``base_lr`` (alpha: the lr
+the group was built with), ``weight_decay`` and ``decay`` (the convention). At every step the group's decay
+terms come from :func:`decoupled.conventions.decay_terms` and the update from one kernel call.
+
+Reference: I. Loshchilov and F. Hutter, "Decoupled Weight Decay Regularization", ICLR 2019, arXiv:1711.05101.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import kernels
+from ._validation import check_beta, check_bool, check_kernel_choice, check_nonnegative, check_unit_interval
+from .conventions import DecayTerms, check_decay, decay_terms
+
+__all__ = ["AdamW", "SGDW", "decouple", "group_decay_terms"]
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+
+def group_decay_terms(group: dict[str, Any]) -> DecayTerms:
+    """The decay terms the group's next step applies, from its lr, base_lr, weight_decay and decay."""
+    return decay_terms(group["decay"], lr=group["lr"], base_lr=group["base_lr"], weight_decay=group["weight_decay"])
+
+
+def _check_decay_keys(group: dict[str, Any]) -> None:
+    check_nonnegative("lr", group["lr"])
+    check_nonnegative("base_lr", group["base_lr"])
+    check_nonnegative("weight_decay", group["weight_decay"])
+    check_decay(group["decay"])
+    if group["decay"] == "decoupled" and group["base_lr"] == 0 and group["weight_decay"] != 0:
+        raise ValueError(
+            "decay='decoupled' scales weight decay by eta_t = lr / base_lr, but the group was built with "
+            "lr=0; build it with its peak lr (a scheduler may start from 0), or use decay='lr' or 'constant'"
+        )
+
+
+class _DecayGroups:
+    """Mixin for torch optimizers whose groups carry a decay convention.
+
+    Keeps ``base_lr`` (the lr a group was built with) in every group, fills this package's keys into groups
+    loaded from checkpoints of other optimizers (a torch.optim.AdamW checkpoint loads into
+    ``AdamW(decay="lr")``), and validates every group, naming the group and the bad value.
+    """
+
+    # Keys a group must get before the inner optimizer's defaults are filled in (decouple() only: there the
+    # inner optimizer is built with weight_decay=0 while the groups keep the user's value).
+    _decay_defaults: dict[str, Any] = {}
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        _check_decay_keys(group)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        for key, value in self._decay_defaults.items():
+            param_group.setdefault(key, value)
+        super().add_param_group(param_group)  # type: ignore[misc]
+        group = self.param_groups[-1]  # type: ignore[attr-defined]
+        group.setdefault("base_lr", group["lr"])
+        try:
+            self._check_group(group)
+        except (TypeError, ValueError) as error:
+            self.param_groups.pop()  # type: ignore[attr-defined]
+            index = len(self.param_groups)  # type: ignore[attr-defined]
+            raise type(error)(f"param group {index}: {error}") from None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            for key, value in self.defaults.items():  # type: ignore[attr-defined]
+                group.setdefault(key, value)
+            # A torch checkpoint whose scheduler recorded initial_lr knows the lr it was built with.
+            group.setdefault("base_lr", group.get("initial_lr", group["lr"]))
+
+
+class _Optimizer(_DecayGroups, Optimizer):
+    """Shared shell of AdamW and SGDW: validation of the defaults and of every group, sparse-gradient check."""
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+        self._check_group(dict(defaults, base_lr=defaults["lr"]))  # unprefixed messages for constructor args
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        _check_decay_keys(group)
+        check_bool("maximize", group["maximize"])
+        check_kernel_choice(group["foreach"], group["fused"])
+
+    def _params_with_grad(self, group: dict[str, Any], group_index: int) -> list[Tensor]:
+        params = []
+        for index, param in enumerate(group["params"]):
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                raise ValueError(
+                    f"{type(self).__name__} does not support sparse gradients (param group {group_index}, "
+                    f"parameter {index} of shape {tuple(param.shape)}); use dense gradients, e.g. "
+                    "nn.Embedding(sparse=False), or torch.optim.SparseAdam"
+                )
+            params.append(param)
+        return params
+
+
+def _real(tensor: Tensor) -> Tensor:
+    """A complex tensor as a real view with a trailing dimension of 2 (updates write through)."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+def _new_step(param: Tensor) -> Tensor:
+    # As torch.optim: a float32 scalar, on the CPU for CPU parameters and beside the parameter otherwise
+    # (torch's fused kernels read it on the device).
+    return torch.zeros((), dtype=torch.float32, device=param.device)
+
+
+class AdamW(_Optimizer):
+    r"""Adam with decoupled weight decay: Algorithm 2 of Loshchilov & Hutter (ICLR 2019), exactly.
+
+    With alpha the lr the group was built with (``base_lr``), eta_t = lr_t / alpha the schedule multiplier set by
+    any torch LR scheduler, and lambda = ``weight_decay``::
+
+        g_t     = grad f_t(theta_{t-1})                 (negated when maximize=True)
+        m_t     = beta1 m_{t-1} + (1 - beta1) g_t
+        v_t     = beta2 v_{t-1} + (1 - beta2) g_t^2     (v_t = max(v_t, vmax_{t-1}) in the step with amsgrad)
+        theta_t = theta_{t-1} - eta_t (alpha mhat_t / (sqrt(vhat_t) + eps) + lambda theta_{t-1})
+
+    with mhat_t = m_t / (1 - beta1^t), vhat_t = v_t / (1 - beta2^t). lambda is NOT multiplied by alpha; that is
+    what lets learning rate and weight decay be tuned independently. ``decay`` picks another convention
+    (see :mod:`decoupled.conventions`): "lr" is torch.optim.AdamW (theta -= lr_t lambda theta), "constant" is
+    TF Addons (theta -= lambda theta), "l2" is Adam with an L2 penalty (g_t += lambda theta_{t-1}).
+
+    Args:
+        params: parameters or parameter groups (dicts that may override any hyperparameter below).
+        lr: learning rate alpha (default 1e-3).
+        betas: (beta1, beta2) in [0, 1) (default (0.9, 0.999)).
+        eps: added to sqrt(vhat) (default 1e-8).
+        weight_decay: lambda, the per-step decay at eta_t = 1 (default 1e-5: torch.optim.AdamW's default
+            weight_decay=1e-2 at its default lr=1e-3, expressed in the paper's units).
+        decay: "decoupled" (default), "lr", "constant" or "l2".
+        amsgrad: use the running maximum of v_t (Reddi et al., 2018).
+        maximize: maximize the objective instead of minimizing it.
+        foreach, fused: pick an implementation as in torch.optim; by default the fastest that supports the
+            parameters (fused: torch's fused AdamW kernel, with weight_decay = eta_t lambda / lr_t).
+
+    Example:
+        >>> import torch, decoupled
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = decoupled.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+        >>> sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
+        >>> model(torch.randn(8, 4)).square().mean().backward()
+        >>> opt.step(); sched.step()
+
+    Migrating from torch.optim.AdamW(lr=a, weight_decay=w): use weight_decay=a * w for the same run
+    (:func:`decoupled.convert_weight_decay`), or keep w with ``decay="lr"``.
+
+    Reference: I. Loshchilov and F. Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-5,
+        *,
+        decay: str = "decoupled",
+        amsgrad: bool = False,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay,
+            amsgrad=amsgrad, maximize=maximize, foreach=foreach, fused=fused,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        check_beta(group["betas"])
+        check_nonnegative("eps", group["eps"])
+        check_bool("amsgrad", group["amsgrad"])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group_index, group in enumerate(self.param_groups):
+            params = self._params_with_grad(group, group_index)
+            if not params:
+                continue
+            amsgrad = group["amsgrad"]
+            grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], []
+            for param in params:
+                state = self.state[param]
+                if not state:
+                    state["step"] = _new_step(param)
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                if amsgrad and "max_exp_avg_sq" not in state:
+                    state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                if state["step"].device != param.device and not param.is_cpu:
+                    state["step"] = state["step"].to(param.device)
+                grads.append(_real(param.grad))
+                exp_avgs.append(_real(state["exp_avg"]))
+                exp_avg_sqs.append(_real(state["exp_avg_sq"]))
+                if amsgrad:
+                    max_exp_avg_sqs.append(_real(state["max_exp_avg_sq"]))
+                steps.append(state["step"])
+            terms = group_decay_terms(group)
+            beta1, beta2 = group["betas"]
+            kernels.adam(
+                [_real(p) for p in params], grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                decay_factor=terms.factor, l2=terms.l2, amsgrad=amsgrad, maximize=group["maximize"],
+                foreach=group["foreach"], fused=group["fused"],
+            )  # fmt: skip
+        return loss
+
+
+class SGDW(_Optimizer):
+    r"""SGD with momentum and decoupled weight decay: Algorithm 1 of Loshchilov & Hutter (ICLR 2019), exactly.
+
+    With alpha the lr the group was built with (``base_lr``), eta_t = lr_t / alpha, lambda = ``weight_decay`` and
+    mu = ``momentum``; the scheduled step eta_t alpha sits INSIDE the momentum buffer, as in the paper::
+
+        g_t     = grad f_t(theta_{t-1})                 (negated when maximize=True)
+        m_t     = mu m_{t-1} + eta_t alpha g_t          (m_0 = 0)
+        theta_t = theta_{t-1} - m_t - eta_t lambda theta_{t-1}
+
+    and with ``nesterov=True`` the step is mu m_t + eta_t alpha g_t instead of m_t.
+
+    How this differs from torch.optim.SGD: torch (and the authors' Lua code) keep the learning rate outside
+    the buffer (buf = mu buf + g; theta -= lr_t buf). The two agree while the learning rate is constant; under
+    a schedule, torch's buffer applies the *current* lr to all past gradients, while here each gradient keeps
+    the lr of the step it was taken at. ``state["momentum_buffer"]`` therefore holds the lr-scaled velocity m_t,
+    not torch's buf, and torch.optim.SGD checkpoints do not carry over.
+
+    Args:
+        params: parameters or parameter groups (dicts that may override any hyperparameter below).
+        lr: learning rate alpha (required).
+        momentum: mu in [0, 1) (default 0.9); 0 keeps no buffer.
+        weight_decay: lambda, the per-step decay at eta_t = 1 (default 5e-5: the common CIFAR setting of
+            SGD with lr 0.1 and L2 5e-4, expressed in the paper's units).
+        decay: "decoupled" (default), "lr", "constant" or "l2" (see :mod:`decoupled.conventions`).
+        nesterov: Nesterov momentum (needs momentum > 0).
+        maximize: maximize the objective instead of minimizing it.
+        foreach, fused: pick an implementation as in torch.optim; by default the fastest that supports the
+            parameters (fused: a one-pass native kernel on the CPU, torch's fused SGD elsewhere).
+
+    Example:
+        >>> import torch, decoupled
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = decoupled.SGDW(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-5)
+        >>> model(torch.randn(8, 4)).square().mean().backward()
+        >>> opt.step()
+
+    Reference: I. Loshchilov and F. Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-5,
+        *,
+        decay: str = "decoupled",
+        nesterov: bool = False,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, decay=decay, nesterov=nesterov,
+            maximize=maximize, foreach=foreach, fused=fused,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        momentum = check_unit_interval("momentum", group["momentum"])
+        check_bool("nesterov", group["nesterov"])
+        if group["nesterov"] and momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0, got momentum=0")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group_index, group in enumerate(self.param_groups):
+            params = self._params_with_grad(group, group_index)
+            if not params:
+                continue
+            momentum = group["momentum"]
+            buffers = []
+            if momentum != 0:
+                for param in params:
+                    state = self.state[param]
+                    if state.get("momentum_buffer") is None:
+                        state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    buffers.append(_real(state["momentum_buffer"]))
+            terms = group_decay_terms(group)
+            kernels.sgd(
+                [_real(p) for p in params], [_real(p.grad) for p in params], buffers,
+                lr=group["lr"], momentum=momentum, nesterov=group["nesterov"], maximize=group["maximize"],
+                decay_factor=terms.factor, l2=terms.l2, foreach=group["foreach"], fused=group["fused"],
+            )  # fmt: skip
+        return loss
+
+
+def decouple(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
+    """Make any torch.optim.Optimizer subclass apply its ``weight_decay`` decoupled from the gradient.
+
+    The returned subclass takes the same arguments plus ``decay`` (default "decoupled"). Its ``weight_decay``
+    is removed from the inner optimizer (which is built with weight_decay=0), and each step first applies
+    ``theta *= 1 - factor`` to every parameter that has a gradient (factor = eta_t * weight_decay for
+    "decoupled", lr_t * weight_decay for "lr", weight_decay for "constant"), then the inner step. With
+    decay="l2" the inner step sees the gradient g + weight_decay * theta instead (p.grad itself is restored).
+
+    Example:
+        >>> import torch, decoupled
+        >>> RMSpropW = decoupled.decouple(torch.optim.RMSprop)
+        >>> opt = RMSpropW(torch.nn.Linear(4, 2).parameters(), lr=1e-2, weight_decay=1e-4)
+
+    A closure, when given, is evaluated once before the decay (optimizers that re-evaluate it, like LBFGS,
+    are not supported). The decay takes the parameter values before the inner step (theta_{t-1}), as in
+    Algorithms 1-2 of Loshchilov & Hutter (ICLR 2019).
+    """
+    if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, Optimizer)):
+        raise TypeError(f"decouple() takes a torch.optim.Optimizer subclass, got {optimizer_cls!r}")
+    if issubclass(optimizer_cls, torch.optim.LBFGS):
+        raise TypeError("decouple() does not support LBFGS: it re-evaluates the closure within one step")
+    signature = inspect.signature(optimizer_cls.__init__)
+    inner_has_weight_decay = "weight_decay" in signature.parameters
+
+    class Decoupled(_DecayGroups, optimizer_cls):  # type: ignore[valid-type, misc]
+        __doc__ = (
+            f"{optimizer_cls.__name__} with decoupled weight decay (made by decoupled.decouple).\n\n"
+            f"{decouple.__doc__}"
+        )
+
+        def __init__(self, params: ParamsT, *args: Any, decay: str = "decoupled", **kwargs: Any) -> None:
+            weight_decay = kwargs.pop("weight_decay", None) if not inner_has_weight_decay else None
+            try:
+                bound = signature.bind(self, params, *args, **kwargs)
+            except TypeError as error:
+                raise TypeError(f"{type(self).__name__}: {error}") from None
+            if inner_has_weight_decay:
+                weight_decay = bound.arguments.get("weight_decay")
+                bound.arguments["weight_decay"] = 0.0  # the inner optimizer must not decay (as L2 or otherwise)
+            weight_decay = 0.0 if weight_decay is None else weight_decay
+            check_nonnegative("weight_decay", weight_decay)
+            check_decay(decay)
+            self._decay_defaults = {"weight_decay": weight_decay, "decay": decay}
+            optimizer_cls.__init__(self, *bound.args[1:], **bound.kwargs)
+            self.defaults.update(self._decay_defaults)
+            # GradScaler must unscale and skip whole steps itself: a skipped step must not decay either.
+            self._step_supports_amp_scaling = False
+
+        def step(self, closure: Callable[[], Any] | None = None) -> Any:
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            saved_grads: list[tuple[Tensor, Tensor]] = []
+            with torch.no_grad():
+                for group in self.param_groups:
+                    params = [p for p in group["params"] if p.grad is not None]
+                    if not params:
+                        continue
+                    terms = group_decay_terms(group)
+                    if terms.factor != 0:
+                        torch._foreach_mul_(params, 1 - terms.factor)
+                    if terms.l2 != 0:
+                        for p in params:
+                            saved_grads.append((p, p.grad))
+                            p.grad = p.grad.add(p, alpha=terms.l2)
+            try:
+                with _inner_weight_decay_off(self.param_groups):
+                    inner_loss = optimizer_cls.step(self, None)
+            finally:
+                for p, grad in saved_grads:
+                    p.grad = grad
+            return loss if closure is not None else inner_loss
+
+    Decoupled.__name__ = Decoupled.__qualname__ = f"Decoupled{optimizer_cls.__name__}"
+    Decoupled.__module__ = __name__
+    return Decoupled
+
+
+class _inner_weight_decay_off:
+    """Hide the groups' weight_decay from the inner optimizer's step (it applies it as L2 otherwise)."""
+
+    def __init__(self, groups: list[dict[str, Any]]) -> None:
+        self.groups = groups
+        self.saved: list[Any] = []
+
+    def __enter__(self) -> None:
+        self.saved = [group.get("weight_decay") for group in self.groups]
+        for group in self.groups:
+            group["weight_decay"] = 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        for group, value in zip(self.groups, self.saved):
+            group["weight_decay"] = value

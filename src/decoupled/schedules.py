@@ -1,0 +1,163 @@
+"""Warm restarts (SGDR) and normalized weight decay: pure functions, and a torch LR scheduler over them.
+
+The schedule of Loshchilov & Hutter (ICLR 2019, eq. 14-15; SGDR, ICLR 2017):
+
+    eta_t = eta_min + 0.5 (eta_max - eta_min) (1 + cos(pi T_cur / T_i))
+
+T_cur counts epochs since the last restart and advances every batch (fractionally); when T_cur reaches T_i
+the run restarts: T_cur = 0, T_{i+1} = T_mult T_i. Optimizer state is kept across restarts.
+
+Normalized weight decay (appendix B.1): lambda = lambda_norm sqrt(b / (B T)), with b the batch size, B the
+training set size and T the epochs of the run, or, with warm restarts, of the current period T_i.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from ._validation import check_nonnegative
+
+__all__ = ["CosineWarmRestarts", "RestartPosition", "normalized_weight_decay", "restart_position", "warm_restart_multiplier"]
+
+
+def normalized_weight_decay(lambda_norm: float, batch_size: int, dataset_size: int, epochs: float) -> float:
+    """lambda = lambda_norm * sqrt(b / (B * T)) (appendix B.1 of the paper).
+
+    >>> round(normalized_weight_decay(0.025, batch_size=128, dataset_size=50_000, epochs=100), 7)  # CIFAR-10
+    0.0001265
+    """
+    check_nonnegative("lambda_norm", lambda_norm)
+    for name, value in (("batch_size", batch_size), ("dataset_size", dataset_size), ("epochs", epochs)):
+        if check_nonnegative(name, value) == 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+    return lambda_norm * math.sqrt(batch_size / (dataset_size * epochs))
+
+
+class RestartPosition(NamedTuple):
+    """Where a run stands in the warm-restart schedule: ``restart`` i (0 for the first period), the epochs
+    ``t_cur`` since that restart, and the period's length ``t_i`` in epochs."""
+
+    restart: int
+    t_cur: float
+    t_i: float
+
+
+def restart_position(epoch: float, first_period: float, period_mult: float = 1.0) -> RestartPosition:
+    """The restart period that fractional ``epoch`` (>= 0) falls in.
+
+    >>> restart_position(25.0, first_period=10, period_mult=2)  # periods [0, 10), [10, 30), [30, 70)
+    RestartPosition(restart=1, t_cur=15.0, t_i=20.0)
+    """
+    if period_mult == 1:
+        restart = math.floor(epoch / first_period)
+        t_cur = epoch - restart * first_period
+        if t_cur >= first_period:  # guard against floor() landing one short through rounding
+            restart, t_cur = restart + 1, t_cur - first_period
+        return RestartPosition(restart, t_cur, float(first_period))
+    restart, start, period = 0, 0.0, float(first_period)
+    while epoch >= start + period:
+        restart, start, period = restart + 1, start + period, period * period_mult
+    return RestartPosition(restart, epoch - start, period)
+
+
+def warm_restart_multiplier(t_cur: float, t_i: float, eta_min: float = 0.0, eta_max: float = 1.0) -> float:
+    """eta_t = eta_min + 0.5 (eta_max - eta_min)(1 + cos(pi T_cur / T_i)) (eq. 14 of the paper).
+
+    >>> warm_restart_multiplier(0.0, 10.0), warm_restart_multiplier(5.0, 10.0)
+    (1.0, 0.5)
+    """
+    return eta_min + 0.5 * (eta_max - eta_min) * (1 + math.cos(math.pi * t_cur / t_i))
+
+
+class CosineWarmRestarts(LRScheduler):
+    r"""Cosine annealing with warm restarts (SGDR) for any optimizer, stepped once per batch.
+
+    Sets ``lr = base_lr * eta_t`` in every group, with eta_t from :func:`warm_restart_multiplier` and
+    T_cur = (steps taken) / ``steps_per_epoch`` epochs since the last restart: eta_min and eta_max are
+    multipliers of each group's own initial lr (the paper uses 0 and 1). With ``weight_decay_norm``
+    (lambda_norm, one value or one per group), each group's ``weight_decay`` is set to the normalized decay of
+    the current period, lambda_norm * sqrt(1 / (steps_per_epoch * T_i)) (appendix B.1 with b / B =
+    1 / steps_per_epoch, as in the authors' code), and recomputed at every restart: with
+    :class:`decoupled.AdamW` this is AdamWR, with :class:`decoupled.SGDW` SGDWR.
+
+    The lr and weight decay are closed-form functions of the step count, so a scheduler restored with
+    ``load_state_dict`` continues exactly where the saved one stopped.
+
+    Args:
+        optimizer: the optimizer whose groups it drives.
+        first_period: T_0, the first period in epochs (may be fractional).
+        steps_per_epoch: batches per epoch; ``step()`` is called once per batch.
+        period_mult: T_mult >= 1, the factor by which each period is longer than the last.
+        eta_min, eta_max: the multiplier's range, 0 <= eta_min <= eta_max.
+        weight_decay_norm: lambda_norm (float or a sequence with one per group), or None to leave
+            weight decay alone.
+
+    Example:
+        >>> import torch, decoupled
+        >>> opt = decoupled.AdamW(torch.nn.Linear(4, 2).parameters(), lr=1e-3)
+        >>> sched = decoupled.CosineWarmRestarts(opt, first_period=10, steps_per_epoch=390, period_mult=2,
+        ...                                      weight_decay_norm=0.025)
+        >>> round(opt.param_groups[0]["weight_decay"], 7)  # 0.025 * sqrt(1 / (390 * 10))
+        0.0004003
+
+    Reference: I. Loshchilov and F. Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017;
+    "Decoupled Weight Decay Regularization", ICLR 2019 (AdamWR, normalized weight decay).
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        first_period: float,
+        steps_per_epoch: int = 1,
+        period_mult: float = 1.0,
+        eta_min: float = 0.0,
+        eta_max: float = 1.0,
+        weight_decay_norm: float | Sequence[float] | None = None,
+        last_epoch: int = -1,
+    ) -> None:
+        if check_nonnegative("first_period", first_period) == 0:
+            raise ValueError(f"first_period must be > 0, got {first_period!r}")
+        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be an integer >= 1, got {steps_per_epoch!r}")
+        if check_nonnegative("period_mult", period_mult) < 1:
+            raise ValueError(f"period_mult must be >= 1, got {period_mult!r}")
+        check_nonnegative("eta_min", eta_min)
+        if check_nonnegative("eta_max", eta_max) < eta_min:
+            raise ValueError(f"eta_max must be >= eta_min, got eta_max={eta_max!r} < eta_min={eta_min!r}")
+        self.first_period = float(first_period)
+        self.steps_per_epoch = steps_per_epoch
+        self.period_mult = float(period_mult)
+        self.eta_min = float(eta_min)
+        self.eta_max = float(eta_max)
+        self.weight_decay_norms = self._per_group(optimizer, weight_decay_norm)
+        super().__init__(optimizer, last_epoch)
+
+    @staticmethod
+    def _per_group(optimizer: Optimizer, value: float | Sequence[float] | None) -> list[float] | None:
+        if value is None:
+            return None
+        groups = len(optimizer.param_groups)
+        values = list(value) if isinstance(value, Sequence) else [value] * groups
+        if len(values) != groups:
+            raise ValueError(f"weight_decay_norm has {len(values)} values for {groups} param groups")
+        return [check_nonnegative("weight_decay_norm", v) for v in values]
+
+    def position(self) -> RestartPosition:
+        """The restart period, T_cur and T_i (in epochs) of the current step."""
+        return restart_position(max(self.last_epoch, 0) / self.steps_per_epoch, self.first_period, self.period_mult)
+
+    def get_lr(self) -> list[float]:
+        position = self.position()
+        eta = warm_restart_multiplier(position.t_cur, position.t_i, self.eta_min, self.eta_max)
+        return [base_lr * eta for base_lr in self.base_lrs]
+
+    def step(self, epoch: Any = None) -> None:  # noqa: D102 (LRScheduler.step)
+        super().step(epoch)
+        if self.weight_decay_norms is not None:
+            t_i = self.position().t_i
+            for group, lambda_norm in zip(self.optimizer.param_groups, self.weight_decay_norms):
+                group["weight_decay"] = normalized_weight_decay(lambda_norm, 1, self.steps_per_epoch, t_i)
