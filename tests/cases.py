@@ -1,0 +1,123 @@
+"""The table of optimizer cases that drives the tests, and a deterministic problem to run them on.
+
+Each case names how to build the package's optimizer, the matching reference, and its capabilities as fields
+(not skip lists keyed by name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+import decoupled
+from reference import ReferenceAdam, ReferenceSGD
+
+DECAYS = ("decoupled", "lr", "constant", "l2")
+PATHS = {
+    "default": {},
+    "forloop": {"foreach": False, "fused": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+}
+
+
+@dataclass(frozen=True)
+class OptimizerCase:
+    name: str
+    make: Callable[..., torch.optim.Optimizer]  # make(param_groups, decay=..., **path) -> optimizer
+    make_reference: Callable[[], Any]
+    state_keys: tuple[str, ...]  # the state tensors to compare with the reference
+    maximize: bool = False  # then the gradients are of -f, so that the run stays bounded
+    scale_spread: float = 1.0  # gradient scales are 10 ** (spread * (i - 3)): Adam takes any, SGD needs lr*scale < 2
+
+
+def _adamw(**options):
+    return lambda groups, **kw: decoupled.AdamW(groups, **options, **kw)
+
+
+def _sgdw(**options):
+    return lambda groups, **kw: decoupled.SGDW(groups, lr=0.05, **options, **kw)
+
+
+OPTIMIZER_CASES = [
+    OptimizerCase("AdamW", _adamw(), lambda: ReferenceAdam(), ("step", "exp_avg", "exp_avg_sq")),
+    OptimizerCase(
+        "AdamW-amsgrad-maximize",
+        _adamw(betas=(0.8, 0.99), eps=1e-6, amsgrad=True, maximize=True),
+        lambda: ReferenceAdam(betas=(0.8, 0.99), eps=1e-6, amsgrad=True, maximize=True),
+        ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+        maximize=True,
+    ),
+    OptimizerCase("SGDW", _sgdw(momentum=0.9), lambda: ReferenceSGD(momentum=0.9), ("momentum_buffer",), scale_spread=1 / 3),
+    OptimizerCase(
+        "SGDW-nesterov-maximize",
+        _sgdw(momentum=0.8, nesterov=True, maximize=True),
+        lambda: ReferenceSGD(momentum=0.8, nesterov=True, maximize=True),
+        ("momentum_buffer",),
+        maximize=True,
+        scale_spread=1 / 3,
+    ),
+    OptimizerCase("SGDW-no-momentum", _sgdw(momentum=0.0), lambda: ReferenceSGD(momentum=0.0), (), scale_spread=1 / 3),
+]
+
+# Parameter specs: (group, shape, complex). Group 0 and 1 differ in lr and weight decay.
+PARAM_SPECS = [
+    (0, (5, 3), False),
+    (0, (7,), False),
+    (0, (0,), False),  # an empty tensor
+    (1, (4, 4), False),
+    (1, (3,), True),  # a complex parameter
+    (1, (2, 0, 3), False),  # another empty one
+    (1, (6,), False),  # the frozen-then-unfrozen parameter
+]
+FROZEN_INDEX = 6
+FROZEN_UNTIL = 12  # its gradient is None for the first steps
+SOMETIMES_NONE_INDEX = 1  # its gradient is None every third step
+GROUP_HYPER = [
+    {"lr_scale": 1.0, "weight_decay": 0.05},
+    {"lr_scale": 0.3, "weight_decay": 0.2},
+]
+
+
+def initial_values(seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for _, shape, is_complex in PARAM_SPECS:
+        value = torch.randn(*shape, 2 if is_complex else 1, generator=generator, dtype=torch.float64)
+        values.append(torch.view_as_complex(value) if is_complex else value.squeeze(-1))
+    return values
+
+
+def gradient(
+    index: int, theta: torch.Tensor, step: int, *, sign: float = 1.0, spread: float = 1.0
+) -> torch.Tensor | None:
+    """A badly scaled, noisy quadratic's gradient sign * scale_i * (theta - 1 + noise), or None (see the specs)."""
+    if index == FROZEN_INDEX and step < FROZEN_UNTIL:
+        return None
+    if index == SOMETIMES_NONE_INDEX and step % 3 == 2:
+        return None
+    generator = torch.Generator().manual_seed(1000 * step + index)
+    real_shape = tuple(theta.shape) + ((2,) if theta.is_complex() else ())
+    noise = torch.randn(real_shape, generator=generator, dtype=torch.float64)
+    scale = sign * 10.0 ** (spread * (index - 3))  # 1e-3 ... 1e3 across parameters for spread 1
+    real_theta = torch.view_as_real(theta).double() if theta.is_complex() else theta.double()
+    grad = scale * (real_theta - 1.0) + scale * noise
+    grad = grad.to(torch.float64 if theta.dtype in (torch.float64, torch.complex128) else torch.float32)
+    return torch.view_as_complex(grad) if theta.is_complex() else grad
+
+
+def build_groups(values: list[torch.Tensor], dtype: torch.dtype, base_lr: float) -> tuple[list, list[torch.Tensor]]:
+    params = []
+    for value in values:
+        if value.is_complex():
+            target = torch.complex128 if dtype == torch.float64 else torch.complex64
+        else:
+            target = dtype
+        params.append(torch.nn.Parameter(value.clone().to(target)))
+    groups = []
+    for group_index, hyper in enumerate(GROUP_HYPER):
+        members = [p for p, (g, _, _) in zip(params, PARAM_SPECS) if g == group_index]
+        groups.append({"params": members, "lr": base_lr * hyper["lr_scale"], "weight_decay": hyper["weight_decay"]})
+    return groups, params
