@@ -75,7 +75,8 @@ class _DecayGroups:
         super().__setstate__(state)  # type: ignore[misc]
         for group in self.param_groups:  # type: ignore[attr-defined]
             for key, value in self.defaults.items():  # type: ignore[attr-defined]
-                group.setdefault(key, value)
+                if key != "differentiable":  # torch's base __setstate__ adds it to the defaults, not a group key
+                    group.setdefault(key, value)
             # A torch checkpoint whose scheduler recorded initial_lr knows the lr it was built with.
             group.setdefault("base_lr", group.get("initial_lr", group["lr"]))
 
@@ -339,6 +340,9 @@ def decouple(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
     are not supported). The decay takes the parameter values before the inner step (theta_{t-1}), as in
     Algorithms 1-2 of Loshchilov & Hutter (ICLR 2019).
     """
+    if isinstance(optimizer_cls, Optimizer):
+        name = type(optimizer_cls).__name__
+        raise TypeError(f"decouple() takes an optimizer class, not an instance: use decouple({name}), got a {name}")
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, Optimizer)):
         raise TypeError(f"decouple() takes a torch.optim.Optimizer subclass, got {optimizer_cls!r}")
     if issubclass(optimizer_cls, torch.optim.LBFGS):

@@ -46,22 +46,33 @@ class RestartPosition(NamedTuple):
     t_i: float
 
 
-def restart_position(epoch: float, first_period: float, period_mult: float = 1.0) -> RestartPosition:
-    """The restart period that fractional ``epoch`` (>= 0) falls in.
+def restart_position(
+    step: int, steps_per_epoch: int, first_period: float, period_mult: float = 1.0
+) -> RestartPosition:
+    """The restart period that batch ``step`` (>= 0, counted from the start of the run) falls in.
 
-    >>> restart_position(25.0, first_period=10, period_mult=2)  # periods [0, 10), [10, 30), [30, 70)
+    T_cur advances 1 / ``steps_per_epoch`` epochs per batch and is reset to 0 at the first batch where it would
+    reach T_i (the paper's "at T_cur = T_i: T_cur = 0"), so period i lasts ceil(T_i * steps_per_epoch) batches
+    and every period starts at eta_max, also when T_i is not a whole number of batches.
+
+    >>> restart_position(50, steps_per_epoch=2, first_period=10, period_mult=2)  # periods of 20, 40, 80 batches
     RestartPosition(restart=1, t_cur=15.0, t_i=20.0)
     """
+    period = float(first_period)
+    batches = _batches(period, steps_per_epoch)
     if period_mult == 1:
-        restart = math.floor(epoch / first_period)
-        t_cur = epoch - restart * first_period
-        if t_cur >= first_period:  # guard against floor() landing one short through rounding
-            restart, t_cur = restart + 1, t_cur - first_period
-        return RestartPosition(restart, t_cur, float(first_period))
-    restart, start, period = 0, 0.0, float(first_period)
-    while epoch >= start + period:
-        restart, start, period = restart + 1, start + period, period * period_mult
-    return RestartPosition(restart, epoch - start, period)
+        restart, into = divmod(step, batches)
+        return RestartPosition(restart, into / steps_per_epoch, period)
+    restart, start = 0, 0
+    while step >= start + batches:
+        restart, start, period = restart + 1, start + batches, period * period_mult
+        batches = _batches(period, steps_per_epoch)
+    return RestartPosition(restart, (step - start) / steps_per_epoch, period)
+
+
+def _batches(period: float, steps_per_epoch: int) -> int:
+    # A period of 0.3 epochs at 10 batches per epoch is 3 batches, though 0.3 * 10 = 3.0000000000000004.
+    return max(1, math.ceil(period * steps_per_epoch - 1e-9))
 
 
 def warm_restart_multiplier(t_cur: float, t_i: float, eta_min: float = 0.0, eta_max: float = 1.0) -> float:
@@ -77,7 +88,7 @@ class CosineWarmRestarts(LRScheduler):
     r"""Cosine annealing with warm restarts (SGDR) for any optimizer, stepped once per batch.
 
     Sets ``lr = base_lr * eta_t`` in every group, with eta_t from :func:`warm_restart_multiplier` and
-    T_cur = (steps taken) / ``steps_per_epoch`` epochs since the last restart: eta_min and eta_max are
+    T_cur advancing 1 / ``steps_per_epoch`` epochs per batch (see :func:`restart_position`): eta_min and eta_max are
     multipliers of each group's own initial lr (the paper uses 0 and 1). With ``weight_decay_norm``
     (lambda_norm, one value or one per group), each group's ``weight_decay`` is set to the normalized decay of
     the current period, lambda_norm * sqrt(1 / (steps_per_epoch * T_i)) (appendix B.1 with b / B =
@@ -148,7 +159,7 @@ class CosineWarmRestarts(LRScheduler):
 
     def position(self) -> RestartPosition:
         """The restart period, T_cur and T_i (in epochs) of the current step."""
-        return restart_position(max(self.last_epoch, 0) / self.steps_per_epoch, self.first_period, self.period_mult)
+        return restart_position(max(self.last_epoch, 0), self.steps_per_epoch, self.first_period, self.period_mult)
 
     def get_lr(self) -> list[float]:
         position = self.position()
