@@ -43,8 +43,8 @@ ERROR_CASES = [
      "foreach=True and fused=True cannot be combined; set at most one"),
     ("adamw-fused-string", opt_adamw(fused="yes"), TypeError, "fused must be True, False or None, got 'yes'"),
     ("adamw-decoupled-built-with-lr-0", opt_adamw(lr=0.0, weight_decay=0.1), ValueError,
-     "decay='decoupled' scales weight decay by eta_t = lr / base_lr, but the group was built with lr=0; "
-     "build it with its peak lr (a scheduler may start from 0), or use decay='lr' or 'constant'"),
+     "decay='decoupled' scales weight decay by eta_t = lr / base_lr, but base_lr is 0 (the group was built "
+     "with lr=0); build it with its peak lr (a scheduler may start from 0), or use decay='lr' or 'constant'"),
     ("adamw-group-negative-lr", lambda: decoupled.AdamW([{"params": params(), "lr": -0.5}]), ValueError,
      "param group 0: lr must be >= 0, got -0.5"),
     ("adamw-second-group-bad-decay",

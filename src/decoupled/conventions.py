@@ -62,11 +62,13 @@ def decay_terms(decay: str, *, lr: float, base_lr: float, weight_decay: float) -
     5e-06
     """
     if decay == "decoupled":
+        if weight_decay == 0:
+            return DecayTerms(0.0, 0.0)
         if base_lr == 0:
             raise ValueError(
-                "decay='decoupled' scales weight decay by eta_t = lr / base_lr, but base_lr is 0 "
-                "(the group was built with lr=0); build the group with its peak lr and let the scheduler "
-                "start from 0, or use decay='lr' or decay='constant'"
+                "decay='decoupled' scales weight decay by eta_t = lr / base_lr, but base_lr is 0 (the group was "
+                "built with lr=0); build it with its peak lr (a scheduler may start from 0), or use decay='lr' "
+                "or 'constant'"
             )
         return DecayTerms(lr / base_lr * weight_decay, 0.0)
     if decay == "lr":

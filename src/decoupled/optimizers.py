@@ -36,11 +36,7 @@ def _check_decay_keys(group: dict[str, Any]) -> None:
     check_nonnegative("base_lr", group["base_lr"])
     check_nonnegative("weight_decay", group["weight_decay"])
     check_decay(group["decay"])
-    if group["decay"] == "decoupled" and group["base_lr"] == 0 and group["weight_decay"] != 0:
-        raise ValueError(
-            "decay='decoupled' scales weight decay by eta_t = lr / base_lr, but the group was built with "
-            "lr=0; build it with its peak lr (a scheduler may start from 0), or use decay='lr' or 'constant'"
-        )
+    group_decay_terms(group)  # refuses decoupled decay in a group built with lr=0
 
 
 class _DecayGroups:
@@ -106,6 +102,14 @@ class _Optimizer(_DecayGroups, Optimizer):
                 )
             params.append(param)
         return params
+
+
+def _evaluate(closure: Callable[[], Any] | None) -> Any:
+    """The closure's loss, computed with gradients enabled (steps run under no_grad), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def _real(tensor: Tensor) -> Tensor:
@@ -191,10 +195,7 @@ class AdamW(_Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group_index, group in enumerate(self.param_groups):
             params = self._params_with_grad(group, group_index)
             if not params:
@@ -297,10 +298,7 @@ class SGDW(_Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group_index, group in enumerate(self.param_groups):
             params = self._params_with_grad(group, group_index)
             if not params:
@@ -375,10 +373,7 @@ def decouple(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
             self._step_supports_amp_scaling = False
 
         def step(self, closure: Callable[[], Any] | None = None) -> Any:
-            loss = None
-            if closure is not None:
-                with torch.enable_grad():
-                    loss = closure()
+            loss = _evaluate(closure)
             saved_grads: list[tuple[Tensor, Tensor]] = []
             with torch.no_grad():
                 for group in self.param_groups:
