@@ -6,8 +6,9 @@ Conventions (stated in the report too):
 * a cell's error is the mean over its seeds; its spread is the sample standard deviation (ddof=1);
 * each optimizer's best cell is picked on the VALIDATION error and reported on the TEST error;
 * the decoupling slope is the least-squares slope of log10(best weight decay) against log10(learning rate),
-  with one point per learning-rate row (the row's best weight decay on validation), over rows where the
-  model trained (row's best validation error < 50%) and whose best weight decay is > 0;
+  with one point per learning-rate row (the row's best weight decay on validation), over rows that trained
+  well (the row's best validation error at most 2x the optimizer's best) and whose best weight decay is > 0:
+  in rows that barely trained every weight decay is about as bad, and their argmin is noise;
 * the basin width is the number of cells whose mean test error is within 1 point of the lowest mean test
   error of that optimizer's grid (the test-error heatmap's best cell).
 """
@@ -15,6 +16,7 @@ Conventions (stated in the report too):
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +27,7 @@ from .config import OPTIMIZERS, OptimizerGrid, SweepConfig
 __all__ = ["Comparison", "Findings", "OptimizerFindings", "analyze", "run_error"]
 
 BASIN_POINTS = 1.0  # percentage points: "within 1 point of the best"
-TRAINED_BELOW = 0.5  # a row counts for the slope if its best validation error is below 50%
+TRAINED_WITHIN = 2.0  # a row counts for the slope if its best validation error is <= 2x the optimizer's best
 NOISE_MULTIPLE = 2.0  # a difference counts as real beyond 2 standard errors
 
 
@@ -175,8 +177,10 @@ def _curves(rows: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarr
     epochs = max(epochs, max((r["config"]["train"]["epochs"] for r in rows), default=0))
     for key, fill in (("test_error", 1.0), ("val_error", 1.0), ("train_loss", math.nan)):
         table = np.array([list(r[key]) + [fill] * (epochs - len(r[key])) for r in rows], dtype=float)
-        means[key] = np.nanmean(table, axis=0) if len(table) else np.array([])
-        stds[key] = np.nanstd(table, axis=0, ddof=1) if len(table) > 1 else np.zeros(epochs)
+        with warnings.catch_warnings():  # epochs after every seed diverged are all-NaN: nan is the answer
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means[key] = np.nanmean(table, axis=0) if len(table) else np.array([])
+            stds[key] = np.nanstd(table, axis=0, ddof=1) if len(table) > 1 else np.zeros(epochs)
     return means, stds
 
 
@@ -195,9 +199,10 @@ def _edges(grid: OptimizerGrid, cell: tuple[int, int]) -> list[str]:
 def _slope(findings: OptimizerFindings) -> None:
     grid = findings.grid
     points = []
+    threshold = TRAINED_WITHIN * np.nanmin(findings.val_mean)
     for i, lr in enumerate(grid.lrs):
         row = findings.val_mean[i]
-        if np.all(np.isnan(row)) or np.nanmin(row) >= TRAINED_BELOW:
+        if np.all(np.isnan(row)) or np.nanmin(row) > threshold:
             continue
         j = int(np.nanargmin(row))
         if grid.weight_decays[j] <= 0:

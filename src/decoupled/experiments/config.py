@@ -257,18 +257,19 @@ def set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def merge(base: Mapping[str, Any], override: Mapping[str, Any], _path: str = "") -> dict[str, Any]:
+def merge(base: Mapping[str, Any], override: Mapping[str, Any], _path: tuple[str, ...] = ()) -> dict[str, Any]:
     """Deep-merge ``override`` into a copy of ``base``. Setting one form of a grid axis (``lr`` or ``lr_log2``)
     drops the other form from ``base``, so a user's explicit values replace a preset's range."""
     merged = copy.deepcopy(dict(base))
+    in_grid_table = len(_path) == 2 and _path[0] == "grid"
     for key, value in override.items():
-        if _path.startswith("grid.") and _path.count(".") == 1:
+        if in_grid_table:
             for forms in _AXIS_KEYS.values():
                 if key in forms:
                     for other in forms:
                         merged.pop(other, None)
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge(merged[key], value, f"{_path}{key}.")
+            merged[key] = merge(merged[key], value, (*_path, key))
         else:
             merged[key] = copy.deepcopy(value)
     return merged

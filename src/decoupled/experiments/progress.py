@@ -67,9 +67,9 @@ class SweepProgress:
 class PlainProgress(SweepProgress):
     """One line per finished run, flushed at once, for output that is not a terminal."""
 
-    def __init__(self, stream: TextIO = sys.stdout):
+    def __init__(self, stream: TextIO | None = None):
         super().__init__()
-        self.stream = stream
+        self.stream = stream if stream is not None else sys.stdout
 
     def begin(self, total: int, skipped: int, workers: int, out: str) -> None:
         super().begin(total, skipped, workers, out)

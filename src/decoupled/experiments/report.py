@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-from .analysis import BASIN_POINTS, NOISE_MULTIPLE, TRAINED_BELOW, Comparison, Findings, OptimizerFindings, analyze
+from .analysis import BASIN_POINTS, NOISE_MULTIPLE, TRAINED_WITHIN, Comparison, Findings, OptimizerFindings, analyze
 from .config import OPTIMIZERS
 from .plots import CURVES_FILENAME, HEATMAP_FILENAME, plot_curves, plot_heatmaps
 from .store import Store, StoreError
@@ -231,8 +231,8 @@ def _method_lines() -> list[str]:
         "sqrt(s1^2/n1 + s2^2/n2); test-set noise: sqrt(p(1-p)/N_test). A difference counts beyond "
         f"{NOISE_MULTIPLE:g} x the larger of the two.",
         "Decoupling slope: least-squares slope of log10(best weight decay) against log10(learning rate), one point per "
-        f"learning-rate row (its best weight decay on validation), over rows that trained (best error < "
-        f"{100 * TRAINED_BELOW:.0f}%). L2 with a slope of -1 keeps lambda x alpha constant (the diagonal of Figure 2); "
+        "learning-rate row (its best weight decay on validation), over rows that trained well (row's best "
+        f"validation error at most {TRAINED_WITHIN:g}x the optimizer's best). L2 with a slope of -1 keeps lambda x alpha constant (the diagonal of Figure 2); "
         "0 means the best weight decay does not depend on the learning rate.",
         f"Basin width: cells whose mean test error is within {BASIN_POINTS:g} point of the grid's lowest.",
         "Heatmaps: rings mark the 10 cells of lowest test error (as in Figure 2), the red square the cell picked on "
