@@ -135,6 +135,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from .experiments.sweep import ExecutionOptions, default_workers, resolve_device, run_sweep
 
     prog = "decoupled sweep"
+    out: Path | None = None
     try:
         config = load_sweep_config(args.preset, args.config, _overrides(args))
         device = resolve_device(args.device)
@@ -155,8 +156,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
         print(f"{prog}: {error}", file=sys.stderr)
         return EXIT_FAILED_RUNS
     except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted; finished runs are stored. Resume with: decoupled sweep --out {out} ...",
-              file=sys.stderr)  # fmt: skip
+        where = f" in {out}; the same command with --out {out} resumes" if out else ""
+        print(f"\n{prog}: interrupted; finished runs are stored{where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(
         f"recorded {summary.recorded} runs ({summary.diverged} diverged), {summary.skipped} were already stored"
@@ -210,8 +211,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NUMBER_FLAGS = ("--lr", "--weight-decay")
+
+
+def _join_negative_numbers(argv: Sequence[str]) -> list[str]:
+    """``--lr -1e-4`` -> ``--lr=-1e-4``: argparse takes "-1e-4" for an option and says "expected one argument",
+    which hides the real problem (a negative value, refused later with its own message)."""
+    joined: list[str] = []
+    items = list(argv)
+    index = 0
+    while index < len(items):
+        item = items[index]
+        if item in _NUMBER_FLAGS and index + 1 < len(items) and items[index + 1].startswith("-"):
+            joined.append(f"{item}={items[index + 1]}")
+            index += 2
+            continue
+        joined.append(item)
+        index += 1
+    return joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
     return args.handler(args)
 
 

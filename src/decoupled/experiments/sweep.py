@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import provenance
-from .backends import RunFailed, RunFinished, WorkerSetup, make_backend
+from .backends import Event, RunFailed, RunFinished, WorkerSetup, make_backend
 from .config import SweepConfig
 from .data import prepare_data
 from .progress import SweepProgress
@@ -81,6 +82,18 @@ def default_workers(device: str) -> int:
     return os.cpu_count() or 1
 
 
+def _record(event: Event, store: Store, summary: SweepSummary) -> None:
+    """Store a finished run (one transaction) and count it; count a failed one (not stored: resume retries it)."""
+    if isinstance(event, RunFinished):
+        if store.add_run(event.record):
+            summary.recorded += 1
+            summary.diverged += int(event.record.diverged)
+        else:
+            summary.duplicates += 1  # another sweep on the same store recorded it first
+    elif isinstance(event, RunFailed):
+        summary.failed.append(event)
+
+
 def run_sweep(config: SweepConfig, options: ExecutionOptions, progress: SweepProgress) -> SweepSummary:
     """Run every run of ``config`` not yet in ``options.out``'s store, recording each as it finishes.
 
@@ -101,16 +114,11 @@ def run_sweep(config: SweepConfig, options: ExecutionOptions, progress: SweepPro
         setup = WorkerSetup(config.data, str(cache_dir), options.device, options.threads)
         progress.begin(len(todo), summary.skipped, min(backend.workers, max(len(todo), 1)), str(options.out))
         try:
-            for event in backend.run(setup, todo):
-                if isinstance(event, RunFinished):
-                    if store.add_run(event.record):
-                        summary.recorded += 1
-                        summary.diverged += int(event.record.diverged)
-                    else:
-                        summary.duplicates += 1
-                elif isinstance(event, RunFailed):
-                    summary.failed.append(event)
-                progress.update(event)
+            # closing(): an interrupted sweep stops its workers now, not whenever the generator is collected.
+            with closing(backend.run(setup, todo)) as events:
+                for event in events:
+                    _record(event, store, summary)
+                    progress.update(event)
         finally:
             progress.end()
             store.export_csv(options.out / CSV_FILENAME)
