@@ -67,23 +67,9 @@ def statements(findings: Findings) -> list[str]:
             continue
         pair = f"{base.label} vs {variant.label}"
         if base.slope is None or variant.slope is None:
-            lines.append(f"Decoupling ({pair}): not measurable, fewer than two learning-rate rows trained.")
+            lines.append(f"Decoupling ({pair}): not measurable, fewer than two learning-rate rows trained well.")
         else:
-            shown = base.slope <= L2_SLOPE_AT_MOST and abs(variant.slope) < DECOUPLED_SLOPE_BELOW
-            detail = (
-                f"slope of log10(best weight decay) vs log10(learning rate) {base.slope:+.2f} for {base.label} "
-                f"({base.slope_rows} rows) and {variant.slope:+.2f} for {variant.label} ({variant.slope_rows} rows)"
-            )
-            if shown:
-                lines.append(
-                    f"**Decoupling shown ({pair})**, as in the paper's Figure 2: with L2 the best weight decay moves "
-                    f"with the learning rate, with decoupled decay it stays put: {detail}."
-                )
-            else:
-                lines.append(
-                    f"**Decoupling NOT shown ({pair})**: the paper's Figure 2 has an L2 slope near -1 and a decoupled "
-                    f"slope near 0; here the {detail}."
-                )
+            lines.append(_decoupling_sentence(base, variant))
         wider = variant.basin_width > base.basin_width
         lines.append(
             f"Basin width ({pair}): {variant.label} has {variant.basin_width} cells within {BASIN_POINTS:g} point of its "
@@ -117,6 +103,23 @@ def statements(findings: Findings) -> list[str]:
             "setting can show is the decoupling of learning rate and weight decay, and it need not show the gap."
         )
     return lines
+
+
+def _decoupling_sentence(base: OptimizerFindings, variant: OptimizerFindings) -> str:
+    """Each slope against the paper's Figure 2 (L2: about -1, a diagonal; decoupled: about 0, axis-aligned)."""
+    l2_as_paper = base.slope is not None and base.slope <= L2_SLOPE_AT_MOST
+    decoupled_as_paper = variant.slope is not None and abs(variant.slope) < DECOUPLED_SLOPE_BELOW
+    verdict = {2: "shown", 1: "partly shown", 0: "NOT shown"}[int(l2_as_paper) + int(decoupled_as_paper)]
+    l2_text = (
+        f"with L2 the best weight decay {'falls' if base.slope < 0 else 'rises'} as the learning rate rises "
+        f"(slope {base.slope:+.2f} over {base.slope_rows} rows; "
+        f"{'as' if l2_as_paper else 'more weakly than' if base.slope < 0 else 'unlike'} the paper's diagonal, about -1)"
+    )
+    variant_text = (
+        f"with decoupled decay {'it stays put' if decoupled_as_paper else 'it moves too'} (slope "
+        f"{variant.slope:+.2f} over {variant.slope_rows} rows; the paper's is about 0)"
+    )
+    return f"**Decoupling {verdict} ({base.label} vs {variant.label})**, cf. Figure 2: {l2_text}; {variant_text}."
 
 
 def _comparison_sentence(c: Comparison) -> str:
