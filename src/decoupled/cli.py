@@ -43,6 +43,8 @@ def _fail(prog: str, message: str) -> int:
 
 
 def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    from .experiments.backends import BACKENDS  # a new backend (issue 5: ray) becomes a choice by joining BACKENDS
+
     what = parser.add_argument_group("what to run (a preset, then --config, then these flags; later wins)")
     what.add_argument("--preset", default="default", help="a preset's name: default, smoke, paper (default: default)")
     what.add_argument("--config", metavar="FILE", help="a TOML file layered over the preset (same keys as presets)")
@@ -65,7 +67,7 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--workers", type=int, metavar="N", help="runs at once (default: CPU cores, or GPUs on cuda)")
     how.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if visible")
     how.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per CPU worker (default 1)")
-    how.add_argument("--backend", default="local", choices=("local",), help="execution backend (default: local)")
+    how.add_argument("--backend", default="local", choices=BACKENDS, help="execution backend (default: local)")
     how.add_argument("--no-report", action="store_true", help="do not render the report at the end")
 
 

@@ -55,6 +55,7 @@ def test_unreadable_data_folder_exits_2(capsys, tmp_path):
             "--out", str(tmp_path / "out")]  # fmt: skip
     line = _refused(capsys, argv, "is not readable CIFAR-10: missing data_batch_1")
     assert str(tmp_path / "none") in line
+    assert not (tmp_path / "out").exists()  # a refused sweep leaves no empty output folder behind
 
 
 def test_incompatible_store_exits_2_and_is_left_unchanged(capsys, tmp_path):

@@ -19,19 +19,23 @@ _LIBRARIES = ("decoupled", "torch", "numpy", "mnist1d", "scikit-learn", "matplot
 
 @functools.lru_cache(maxsize=None)
 def code_version() -> str:
-    """``git describe --always --dirty`` of the checkout this package runs from, else the package version."""
-    source = Path(__file__).resolve().parent
-    try:
-        result = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--tags"],
-            cwd=source, capture_output=True, text=True, timeout=10,
-        )  # fmt: skip
-        if result.returncode == 0 and result.stdout.strip():
-            return f"git:{result.stdout.strip()}"
-    except (OSError, subprocess.SubprocessError):
-        pass
+    """``git:<describe>`` when this package runs from its own source checkout (``<repo>/src/decoupled``), else
+    the installed package version. An installed copy never asks git: a virtual environment inside some other
+    repository would otherwise report that repository's version."""
     from decoupled import __version__
 
+    package = Path(__file__).resolve().parents[1]  # .../decoupled
+    repository = package.parents[1]  # <repo> in the src layout
+    if package.parent.name == "src" and (repository / "pyproject.toml").is_file() and (repository / ".git").exists():
+        try:
+            result = subprocess.run(
+                ["git", "describe", "--always", "--dirty", "--tags"],
+                cwd=repository, capture_output=True, text=True, timeout=10,
+            )  # fmt: skip
+            if result.returncode == 0 and result.stdout.strip():
+                return f"git:{result.stdout.strip()} (decoupled {__version__})"
+        except (OSError, subprocess.SubprocessError):
+            pass
     return f"decoupled {__version__}"
 
 

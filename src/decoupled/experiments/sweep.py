@@ -18,7 +18,7 @@ from .backends import Event, RunFailed, RunFinished, WorkerSetup, make_backend
 from .config import SweepConfig
 from .data import prepare_data
 from .progress import SweepProgress
-from .store import Store
+from .store import STORE_FILENAME, Store
 from .train import RunTask
 
 __all__ = ["ExecutionOptions", "SweepSummary", "default_workers", "plan_tasks", "resolve_device", "run_sweep"]
@@ -101,14 +101,16 @@ def run_sweep(config: SweepConfig, options: ExecutionOptions, progress: SweepPro
     """
     started = time.monotonic()
     summary = SweepSummary()
+    cache_dir = options.out / "data"
+    if (options.out / STORE_FILENAME).exists():
+        Store.open(options.out, create=False).close()  # refuse an incompatible store before any other work
+    prepare_data(config.data, cache_dir)  # fails early, in this process and before any folder is made for it
     with Store.open(options.out) as store:
         tasks = plan_tasks(config)
         summary.planned = len(tasks)
         finished = store.finished_keys()
         todo = [task for task in tasks if task.key not in finished]
         summary.skipped = len(tasks) - len(todo)
-        cache_dir = options.out / "data"
-        prepare_data(config.data, cache_dir)  # fails early, in this process, if the data cannot be had
         store.add_sweep(config, provenance.code_version())
         backend = make_backend(options.backend, options.workers, options.threads)
         setup = WorkerSetup(config.data, str(cache_dir), options.device, options.threads)
