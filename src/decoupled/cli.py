@@ -63,7 +63,8 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="any config key, e.g. --set train.schedule=constant --set grid.adamw.lr_log2=[-10,-6]")
     how = parser.add_argument_group("where and how it runs (changes no result)")
-    how.add_argument("--out", metavar="DIR", help="output folder; the same folder again resumes (default: runs/NAME-TIME)")
+    how.add_argument("--out", metavar="DIR",
+                     help="output folder; the same folder again resumes (default: runs/NAME-TIME)")
     how.add_argument("--workers", type=int, metavar="N", help="runs at once (default: CPU cores, or GPUs on cuda)")
     how.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if visible")
     how.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per CPU worker (default 1)")
@@ -197,8 +198,10 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Command] = [
-    Command("sweep", "run the learning-rate x weight-decay sweep (resumes in the same --out)", _add_sweep_arguments, _run_sweep),
-    Command("report", "re-render a sweep's report, figures and CSV from its store", _add_report_arguments, _run_report),
+    Command("sweep", "run the learning-rate x weight-decay sweep (resumes in the same --out)",
+            _add_sweep_arguments, _run_sweep),
+    Command("report", "re-render a sweep's report, figures and CSV from its store",
+            _add_report_arguments, _run_report),
 ]
 
 

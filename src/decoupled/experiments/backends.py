@@ -215,7 +215,8 @@ class LocalBackend:
         failures = []
         for index, process in enumerate(processes):
             if not process.is_alive() and index in in_flight:
-                failures.append(RunFailed(in_flight.pop(index), index, f"worker process died (exit code {process.exitcode})"))
+                reason = f"worker process died (exit code {process.exitcode})"
+                failures.append(RunFailed(in_flight.pop(index), index, reason))
         return failures
 
 

@@ -443,7 +443,8 @@ def _grids(raw: Mapping[str, Any]) -> tuple[OptimizerGrid, ...]:
         if not isinstance(table, Mapping):
             raise ConfigError(f"grid.{name} must be a table, got {table!r}")
         _unknown_keys(table, [key for forms in _AXIS_KEYS.values() for key in forms], f"grid.{name}")
-        grids.append(OptimizerGrid(name, _axis(table, "lr", f"grid.{name}"), _axis(table, "weight_decay", f"grid.{name}")))
+        where = f"grid.{name}"
+        grids.append(OptimizerGrid(name, _axis(table, "lr", where), _axis(table, "weight_decay", where)))
     return tuple(grids)
 
 

@@ -126,7 +126,8 @@ class _ShakeBlock(nn.Module):
         super().__init__()
         self.branch1 = _branch(in_channels, out_channels, stride)
         self.branch2 = _branch(in_channels, out_channels, stride)
-        self.shortcut = nn.Identity() if in_channels == out_channels and stride == 1 else _Shortcut(in_channels, out_channels, stride)
+        same_shape = in_channels == out_channels and stride == 1
+        self.shortcut = nn.Identity() if same_shape else _Shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.branch1(x), self.branch2(x)

@@ -85,7 +85,10 @@ class PlainProgress(SweepProgress):
             outcome = f"FAILED: {event.error}"
         else:
             record = event.record
-            outcome = f"val {_percent(record.final_val_error)}, test {_percent(record.final_test_error)}, {record.wall_time_s:.1f} s"
+            outcome = (
+                f"val {_percent(record.final_val_error)}, test {_percent(record.final_test_error)}, "
+                f"{record.wall_time_s:.1f} s"
+            )
         print(f"[{self.done}/{self.total}{eta_text}] {event.task.describe()}: {outcome}", file=self.stream, flush=True)
 
 
@@ -96,7 +99,9 @@ class RichProgress(SweepProgress):
         super().__init__()
         from rich.console import Console, Group
         from rich.live import Live
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+        )  # fmt: skip
         from rich.table import Table
 
         self._Group, self._Table = Group, Table

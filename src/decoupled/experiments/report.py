@@ -220,9 +220,12 @@ def _comparison_table(findings: Findings) -> tuple[list[str], list[list[str]]]:
         rows.append([
             f"{c.variant.label} over {c.base.label}", _pm(c.base), _pm(c.variant), f"{100 * c.difference:+.2f}",
             f"{100 * c.relative:+.1f}%", "n/a" if math.isnan(c.standard_error) else f"{100 * c.standard_error:.2f}",
-            f"{100 * c.test_set_noise:.2f}", {"better": "decoupled better", "worse": "L2 better", "tie": "within noise"}[c.verdict],
+            f"{100 * c.test_set_noise:.2f}", _VERDICTS[c.verdict],
         ])  # fmt: skip
     return header, rows
+
+
+_VERDICTS = {"better": "decoupled better", "worse": "L2 better", "tie": "within noise"}
 
 
 def _method_lines() -> list[str]:
@@ -235,7 +238,8 @@ def _method_lines() -> list[str]:
         f"{NOISE_MULTIPLE:g} x the larger of the two.",
         "Decoupling slope: least-squares slope of log10(best weight decay) against log10(learning rate), one point per "
         "learning-rate row (its best weight decay on validation), over rows that trained well (row's best "
-        f"validation error at most {TRAINED_WITHIN:g}x the optimizer's best). L2 with a slope of -1 keeps lambda x alpha constant (the diagonal of Figure 2); "
+        f"validation error at most {TRAINED_WITHIN:g}x the optimizer's best). L2 with a slope of -1 keeps "
+        "lambda x alpha constant (the diagonal of Figure 2); "
         "0 means the best weight decay does not depend on the learning rate.",
         f"Basin width: cells whose mean test error is within {BASIN_POINTS:g} point of the grid's lowest.",
         "Heatmaps: rings mark the 10 cells of lowest test error (as in Figure 2), the red square the cell picked on "
