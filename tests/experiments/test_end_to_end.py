@@ -121,3 +121,20 @@ def test_sigkill_loses_only_runs_in_flight_and_resume_finishes(tmp_path):
     assert len(rows) == planned == len({(r["config_hash"], r["seed"]) for r in rows})
     kept = {(r["config_hash"], r["seed"]): r["final_test_error"] for r in rows}
     assert all(kept[(key, seed)] == error for key, seed, error in survivors)
+
+
+@pytest.mark.slow
+def test_two_sweeps_on_one_folder_record_each_run_once(tmp_path):
+    """Two sweeps started together on one output folder race to create the store and the data cache and to
+    record the same runs: both succeed and every run is recorded exactly once."""
+    out = tmp_path / "shared"
+    args = ["sweep", "--preset", "smoke", "--optimizers", "sgdw", "--epochs", "1", "--workers", "1",
+            "--train-size", "300", "--val-size", "100", "--test-size", "100", "--out", str(out), "--no-report"]  # fmt: skip
+    first, second = popen_cli(*args), popen_cli(*args)
+    for process in (first, second):
+        _, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err
+    with Store.open(out, create=False) as store:
+        rows = store.runs()
+    assert len(rows) == 4 * 2 == len({(r["config_hash"], r["seed"]) for r in rows})
+    assert sqlite3.connect(out / "results.sqlite").execute("PRAGMA integrity_check").fetchone()[0] == "ok"

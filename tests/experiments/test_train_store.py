@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import sqlite3
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +14,9 @@ from decoupled.experiments.backends import LocalBackend, RunFinished, WorkerSetu
 from decoupled.experiments.config import load_sweep_config
 from decoupled.experiments.data import load_splits, prepare_data
 from decoupled.experiments.store import SCHEMA_VERSION, Store, StoreError
-from decoupled.experiments.sweep import ExecutionOptions, plan_tasks, run_sweep
+from decoupled.experiments.sweep import ExecutionOptions, run_sweep
 from decoupled.experiments.progress import PlainProgress
-from decoupled.experiments.train import RunRecord, make_optimizer, train_run
+from decoupled.experiments.train import RunRecord, RunTask, make_optimizer, train_run
 
 from .conftest import tiny_overrides
 
@@ -41,8 +40,7 @@ def test_a_run_is_reproducible_in_any_process(tmp_path, tiny_config):
     here = train_run(config, 1, splits, torch.device("cpu"))
     again = train_run(config, 1, splits, torch.device("cpu"))
     assert (here.train_loss, here.test_error) == (again.train_loss, again.test_error)
-    events = list(LocalBackend(workers=1).run(WorkerSetup(tiny_config.data, str(tmp_path), "cpu"),
-                                              [plan_tasks(tiny_config)[0].__class__(config, 1)]))  # fmt: skip
+    events = list(LocalBackend(workers=1).run(WorkerSetup(tiny_config.data, str(tmp_path), "cpu"), [RunTask(config, 1)]))
     remote = next(e.record for e in events if isinstance(e, RunFinished))
     assert (remote.train_loss, remote.val_error, remote.test_error) == (here.train_loss, here.val_error, here.test_error)
     assert remote.provenance["hardware"]["torch_threads"] == 1

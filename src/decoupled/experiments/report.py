@@ -13,7 +13,6 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from .analysis import BASIN_POINTS, NOISE_MULTIPLE, TRAINED_WITHIN, Comparison, Findings, OptimizerFindings, analyze
 from .config import OPTIMIZERS
@@ -149,7 +148,7 @@ def _noise_text(c: Comparison) -> str:
 
 # ------------------------------------------------------------------------------------------ document model
 
-Block = Union[tuple]  # ("h1"|"h2"|"p", text) | ("ul", [text]) | ("table", header, rows) | ("img", file, alt)
+Block = tuple  # ("h1"|"h2"|"p", text) | ("ul", [text]) | ("table", header, rows) | ("img", file, alt)
 
 
 def _setup_lines(findings: Findings, parameters: int | None) -> list[str]:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import OPTIMIZERS, RunConfig, SweepConfig
+from .config import OPTIMIZERS, SweepConfig
 from .train import RunRecord
 
 __all__ = ["SCHEMA_VERSION", "Store", "StoreError", "CSV_COLUMNS"]
@@ -223,9 +223,6 @@ class Store:
     def latest_sweep(self) -> SweepConfig | None:
         row = self._db.execute("SELECT config FROM sweeps ORDER BY id DESC LIMIT 1").fetchone()
         return SweepConfig.from_dict(json.loads(row[0])) if row else None
-
-    def run_config(self, row: dict[str, Any]) -> RunConfig:
-        return RunConfig.from_dict(row["config"])
 
     def export_csv(self, path: str | Path) -> int:
         """Write every run as one CSV row (curves and metadata as JSON strings), atomically; return the count."""
