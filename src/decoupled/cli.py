@@ -1,0 +1,245 @@
+"""The ``decoupled`` command line: ``decoupled sweep`` and ``decoupled report DIR``.
+
+Each subcommand is one entry of :data:`COMMANDS` (name, help, a function that adds its arguments, a function
+that runs it and returns the exit code), so another command (``bench``) is one more entry. Bad input gets one
+line on stderr and exit code 2, never a traceback; nothing already stored is touched by a refused command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, NoReturn, Sequence
+
+__all__ = ["COMMANDS", "Command", "build_parser", "main"]
+
+EXIT_OK, EXIT_FAILED_RUNS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``decoupled sweep: error: ...``) with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _fail(prog: str, message: str) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+# ---------------------------------------------------------------------------------------------------- sweep
+
+
+def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    from .experiments.backends import BACKENDS  # a new backend (issue 5: ray) becomes a choice by joining BACKENDS
+
+    what = parser.add_argument_group("what to run (a preset, then --config, then these flags; later wins)")
+    what.add_argument("--preset", default="default", help="a preset's name: default, smoke, paper (default: default)")
+    what.add_argument("--config", metavar="FILE", help="a TOML file layered over the preset (same keys as presets)")
+    what.add_argument("--optimizers", metavar="LIST", help="comma-separated subset of adam,adamw,sgd,sgdw")
+    what.add_argument("--seeds", type=int, metavar="N", help="runs per cell (seeds 0..N-1)")
+    what.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
+    what.add_argument("--batch-size", type=int, metavar="N", help="examples per step")
+    what.add_argument("--dataset", metavar="NAME", help="mnist1d, digits or cifar10")
+    what.add_argument("--data-dir", metavar="DIR", help="cifar10: folder with cifar-10-batches-py/")
+    what.add_argument("--download", action="store_true", default=None, help="cifar10: fetch the data if missing")
+    what.add_argument("--train-size", type=int, metavar="N", help="training examples")
+    what.add_argument("--val-size", type=int, metavar="N", help="validation examples (pick the best cell)")
+    what.add_argument("--test-size", type=int, metavar="N", help="test examples (report it)")
+    what.add_argument("--lr", metavar="VALUES", help="comma-separated learning rates for every optimizer's grid")
+    what.add_argument("--weight-decay", metavar="VALUES", help="comma-separated weight decays for every grid")
+    what.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="any config key, e.g. --set train.schedule=constant --set grid.adamw.lr_log2=[-10,-6]")
+    how = parser.add_argument_group("where and how it runs (changes no result)")
+    how.add_argument("--out", metavar="DIR",
+                     help="output folder; the same folder again resumes (default: runs/NAME-TIME)")
+    how.add_argument("--workers", type=int, metavar="N", help="runs at once (default: CPU cores, or GPUs on cuda)")
+    how.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if visible")
+    how.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per CPU worker (default 1)")
+    how.add_argument("--backend", default="local", choices=BACKENDS, help="execution backend (default: local)")
+    how.add_argument("--no-report", action="store_true", help="do not render the report at the end")
+
+
+def _number_list(flag: str, text: str) -> list[float]:
+    from .experiments.config import ConfigError
+
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise ConfigError(f"{flag}: {part.strip()!r} is not a number") from None
+    return values
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """The flags as a nested config dict (only those given)."""
+    from .experiments.config import OPTIMIZERS, ConfigError, parse_override, set_path
+
+    tree: dict = {}
+    flags = {
+        ("seeds",): args.seeds,
+        ("train", "epochs"): args.epochs,
+        ("train", "batch_size"): args.batch_size,
+        ("data", "dataset"): args.dataset,
+        ("data", "data_dir"): args.data_dir,
+        ("data", "download"): args.download,
+        ("data", "train_size"): args.train_size,
+        ("data", "val_size"): args.val_size,
+        ("data", "test_size"): args.test_size,
+    }
+    for path, value in flags.items():
+        if value is not None:
+            set_path(tree, list(path), value)
+    if args.optimizers is not None:
+        tree["optimizers"] = [name.strip() for name in args.optimizers.split(",") if name.strip()]
+    for flag, key, text in (("--lr", "lr", args.lr), ("--weight-decay", "weight_decay", args.weight_decay)):
+        if text is not None:
+            values = _number_list(flag, text)
+            for name in OPTIMIZERS:
+                set_path(tree, ["grid", name, key], values)
+    for item in args.set:
+        path, value = parse_override(item)
+        set_path(tree, path, value)
+    if not isinstance(tree.get("seeds", 1), int):
+        raise ConfigError(f"seeds must be an integer, got {tree['seeds']!r}")
+    return tree
+
+
+def _default_out(name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path("runs") / f"{name}-{stamp}"
+    suffix = 1
+    while out.exists():
+        suffix += 1
+        out = Path("runs") / f"{name}-{stamp}-{suffix}"
+    return out
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from .experiments.backends import BackendError
+    from .experiments.config import ConfigError, load_sweep_config
+    from .experiments.data import DataError
+    from .experiments.progress import make_progress
+    from .experiments.report import render_report
+    from .experiments.store import StoreError
+    from .experiments.sweep import ExecutionOptions, default_workers, resolve_device, run_sweep
+
+    prog = "decoupled sweep"
+    out: Path | None = None
+    try:
+        config = load_sweep_config(args.preset, args.config, _overrides(args))
+        device = resolve_device(args.device)
+        workers = args.workers if args.workers is not None else default_workers(device)
+        if workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {workers}")
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        out = Path(args.out) if args.out else _default_out(config.name)
+        options = ExecutionOptions(out=out, workers=workers, device=device, threads=args.threads, backend=args.backend)
+        cells = sum(grid.cells for grid in config.grids)
+        print(f"decoupled sweep '{config.name}': {cells} cells x {config.seeds} seeds on {config.data.dataset}, "
+              f"device {device}; output folder: {out}", flush=True)  # fmt: skip
+        summary = run_sweep(config, options, make_progress(sys.stdout))
+    except (ConfigError, DataError, StoreError, ValueError) as error:
+        return _fail(prog, str(error))
+    except BackendError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return EXIT_FAILED_RUNS
+    except KeyboardInterrupt:
+        where = f" in {out}; the same command with --out {out} resumes" if out else ""
+        print(f"\n{prog}: interrupted; finished runs are stored{where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(
+        f"recorded {summary.recorded} runs ({summary.diverged} diverged), {summary.skipped} were already stored"
+        + (f", {summary.duplicates} recorded meanwhile by another sweep" if summary.duplicates else "")
+        + (f", {len(summary.failed)} FAILED (not recorded; re-run to retry)" if summary.failed else "")
+        + f"; {summary.wall_time_s / 60:.1f} minutes",
+        flush=True,
+    )
+    for failure in summary.failed[:5]:
+        print(f"  failed: {failure.task.describe()}: {failure.error}", file=sys.stderr)
+    if not args.no_report:
+        paths = render_report(out)
+        print(f"report: {paths.markdown} and {paths.html}; figures: {paths.heatmaps}, {paths.curves}; rows: {paths.csv}")
+    print(f"output folder: {out}")
+    return EXIT_FAILED_RUNS if summary.failed else EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------- report
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", metavar="DIR", help="a sweep's output folder (holding results.sqlite)")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .experiments.report import render_report
+    from .experiments.store import StoreError
+
+    try:
+        paths = render_report(args.folder)
+    except StoreError as error:
+        return _fail("decoupled report", str(error))
+    print(f"report: {paths.markdown} and {paths.html}; figures: {paths.heatmaps}, {paths.curves}; rows: {paths.csv}")
+    return EXIT_OK
+
+
+COMMANDS: list[Command] = [
+    Command("sweep", "run the learning-rate x weight-decay sweep (resumes in the same --out)",
+            _add_sweep_arguments, _run_sweep),
+    Command("report", "re-render a sweep's report, figures and CSV from its store",
+            _add_report_arguments, _run_report),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="decoupled", description="Decoupled weight decay (SGDW, AdamW): experiments.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    for command in COMMANDS:
+        sub = commands.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(handler=command.run)
+    return parser
+
+
+_NUMBER_FLAGS = ("--lr", "--weight-decay")
+
+
+def _join_negative_numbers(argv: Sequence[str]) -> list[str]:
+    """``--lr -1e-4`` -> ``--lr=-1e-4``: argparse takes "-1e-4" for an option and says "expected one argument",
+    which hides the real problem (a negative value, refused later with its own message)."""
+    joined: list[str] = []
+    items = list(argv)
+    index = 0
+    while index < len(items):
+        item = items[index]
+        if item in _NUMBER_FLAGS and index + 1 < len(items) and items[index + 1].startswith("-"):
+            joined.append(f"{item}={items[index + 1]}")
+            index += 2
+            continue
+        joined.append(item)
+        index += 1
+    return joined
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

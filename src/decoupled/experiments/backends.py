@@ -1,0 +1,229 @@
+"""Execution backends: how the runs of a sweep get executed, behind one small interface.
+
+A backend takes the data description and a list of :class:`~decoupled.experiments.train.RunTask` and yields
+events as runs start, finish or fail. It never touches the store: the sweep records each finished run itself,
+so a backend that runs elsewhere (a Ray cluster, issue 5) only has to ship tasks out and records back.
+
+:class:`LocalBackend` runs tasks in worker processes on this machine, started with the 'spawn' method
+(the library's native SGD kernel uses OpenMP, whose thread pool does not survive fork after use), each with
+``threads`` torch threads (1 by default: N single-threaded workers beat one N-threaded run on small models).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence, Union
+
+from .config import DataConfig
+from .train import RunRecord, RunTask
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Event",
+    "LocalBackend",
+    "RunFailed",
+    "RunFinished",
+    "RunStarted",
+    "WorkerSetup",
+    "make_backend",
+]
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every worker needs before its first task."""
+
+    data: DataConfig
+    cache_dir: str  # where prepare_data() left generated data (MNIST-1D)
+    device: str  # "cpu" or "cuda"; CUDA workers take GPUs round robin
+    threads: int = 1  # torch threads per worker on the CPU
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    task: RunTask
+    worker: int
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    task: RunTask
+    worker: int
+    record: RunRecord
+
+
+@dataclass(frozen=True)
+class RunFailed:
+    """A run that raised (or whose worker died). It is not recorded, so the next sweep retries it."""
+
+    task: RunTask
+    worker: int
+    error: str  # one line
+    details: str = ""  # the traceback, when there is one
+
+
+Event = Union[RunStarted, RunFinished, RunFailed]
+
+
+class BackendError(RuntimeError):
+    """The backend cannot run anything (e.g. every worker failed to start); one-line message."""
+
+
+class Backend(Protocol):
+    """Runs tasks and reports on them. ``workers`` is how many run at once (for display and ETA)."""
+
+    name: str
+    workers: int
+
+    def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Iterator[Event]:
+        """Yield RunStarted, then RunFinished or RunFailed, for every task; stop workers when the iterator is
+        closed early (an interrupted sweep)."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the sweep process is gone (killed with SIGKILL, say): the run in flight could not be recorded
+    anyway, and an orphan would keep a core busy."""
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(0)
+        time.sleep(0.5)
+
+
+def _worker_main(worker: int, parent_pid: int, setup: WorkerSetup, tasks, events) -> None:
+    # The sweep process handles Ctrl-C and stops the workers; a worker must not die mid-write of an event.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    try:
+        import torch
+
+        from . import provenance
+        from .data import load_splits
+        from .train import train_run
+
+        torch.set_num_threads(setup.threads)
+        device = setup.device
+        if device == "cuda" and torch.cuda.device_count() > 1:
+            device = f"cuda:{worker % torch.cuda.device_count()}"
+        splits = load_splits(setup.data, Path(setup.cache_dir)).to(torch.device(device))
+        described = provenance.describe(device)
+        # torch imports its compiler stack (~2 s) the first time any optimizer is built; pay that here so that
+        # the first run's wall time is comparable with the others'.
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    except Exception as error:  # noqa: BLE001 - reported to the sweep, which stops
+        events.put(("setup_failed", worker, f"{type(error).__name__}: {error}", traceback.format_exc()))
+        return
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        events.put(("started", worker, task))
+        try:
+            record = train_run(task.config, task.seed, splits, torch.device(device))
+            record.provenance = described
+            events.put(("finished", worker, task, record))
+        except Exception as error:  # noqa: BLE001 - one bad run must not stop the sweep
+            events.put(("failed", worker, task, f"{type(error).__name__}: {error}", traceback.format_exc()))
+
+
+# ---------------------------------------------------------------------------------------------- local
+
+
+class LocalBackend:
+    """``workers`` processes on this machine, fed from one task queue (so fast workers take more tasks)."""
+
+    name = "local"
+
+    def __init__(self, workers: int, threads: int = 1):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+        self.threads = threads
+
+    def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Iterator[Event]:
+        if not tasks:
+            return
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        task_queue = context.Queue()
+        event_queue = context.Queue()
+        count = min(self.workers, len(tasks))
+        for task in tasks:
+            task_queue.put(task)
+        for _ in range(count):
+            task_queue.put(None)  # one stop sign per worker
+        processes = [
+            context.Process(
+                target=_worker_main, args=(index, os.getpid(), setup, task_queue, event_queue),
+                name=f"decoupled-worker-{index}", daemon=True,
+            )  # fmt: skip
+            for index in range(count)
+        ]
+        for process in processes:
+            process.start()
+        in_flight: dict[int, RunTask] = {}
+        outstanding = len(tasks)
+        try:
+            while outstanding > 0:
+                try:
+                    message = event_queue.get(timeout=1.0)
+                except queue.Empty:
+                    for failure in self._runs_of_dead_workers(processes, in_flight):
+                        outstanding -= 1
+                        yield failure
+                    if outstanding > 0 and not any(process.is_alive() for process in processes):
+                        raise BackendError(f"every worker process exited with {outstanding} runs left") from None
+                    continue
+                kind, worker = message[0], message[1]
+                if kind == "started":
+                    in_flight[worker] = message[2]
+                    yield RunStarted(message[2], worker)
+                elif kind == "finished":
+                    in_flight.pop(worker, None)
+                    outstanding -= 1
+                    yield RunFinished(message[2], worker, message[3])
+                elif kind == "failed":
+                    in_flight.pop(worker, None)
+                    outstanding -= 1
+                    yield RunFailed(message[2], worker, message[3], message[4])
+                elif kind == "setup_failed":
+                    raise BackendError(f"worker {worker} could not start: {message[2]}")
+        finally:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+            for process in processes:
+                process.join(timeout=10)
+            task_queue.cancel_join_thread()
+            event_queue.cancel_join_thread()
+
+    @staticmethod
+    def _runs_of_dead_workers(processes: list, in_flight: dict[int, RunTask]) -> list[RunFailed]:
+        """A RunFailed for the task of every worker that died mid-run (killed by the OS, a segfault, ...)."""
+        failures = []
+        for index, process in enumerate(processes):
+            if not process.is_alive() and index in in_flight:
+                reason = f"worker process died (exit code {process.exitcode})"
+                failures.append(RunFailed(in_flight.pop(index), index, reason))
+        return failures
+
+
+BACKENDS = ("local",)  # "ray" joins here (issue 5)
+
+
+def make_backend(name: str, workers: int, threads: int = 1) -> Backend:
+    if name == "local":
+        return LocalBackend(workers, threads)
+    raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")

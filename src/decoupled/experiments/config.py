@@ -1,0 +1,466 @@
+"""Sweep configuration: frozen dataclasses with units, built from layered TOML tables with strict checking.
+
+A sweep is described by a :class:`SweepConfig`; each run inside it by a :class:`RunConfig` (the sweep's data,
+model and training settings plus one optimizer, learning rate and weight decay). Configs are made by
+:func:`load_sweep_config`, which layers a preset (``presets/<name>.toml``), an optional user TOML file and
+flag overrides (later layers win, key by key), then checks every value. Any problem raises
+:class:`ConfigError` with a one-line message that names the key and the bad value; unknown keys are errors.
+
+Units follow the paper (Loshchilov & Hutter, ICLR 2019): ``lr`` is alpha, the peak learning rate (the schedule
+multiplies it by eta_t); ``weight_decay`` is lambda in the convention of the optimizer:
+
+* ``adamw``, ``sgdw`` (decoupled): theta <- theta - eta_t * lambda * theta each step (lambda NOT times alpha);
+* ``adam``, ``sgd`` (L2, coupled): g <- g + lambda * theta before the update (an L2 penalty lambda/2 ||theta||^2).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "DATASETS",
+    "MODELS",
+    "OPTIMIZERS",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimizerGrid",
+    "RunConfig",
+    "SweepConfig",
+    "TrainConfig",
+    "available_presets",
+    "load_sweep_config",
+    "parse_override",
+]
+
+DATASETS = ("mnist1d", "digits", "cifar10")
+MODELS = ("conv1d", "mlp", "shake_shake")
+SCHEDULES = ("cosine", "constant")
+DECAY_SCOPES = ("all", "weights")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One of the four optimizers of the paper's comparison, as a decoupled optimizer class + a convention."""
+
+    name: str  # adam | adamw | sgd | sgdw
+    label: str  # as in the paper's figures
+    family: str  # "adam" (decoupled.AdamW) or "sgd" (decoupled.SGDW)
+    decay: str  # the decoupled library's convention: "l2" (coupled) or "decoupled"
+    weight_decay_meaning: str  # what lambda does, for axis labels and the report
+
+
+# Adam/SGD with L2 are decoupled.AdamW/SGDW with decay="l2": one implementation, only line 6/12 differs.
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    spec.name: spec
+    for spec in (
+        OptimizerSpec("sgd", "SGD (L2)", "sgd", "l2", "L2 factor: g += lambda * theta"),
+        OptimizerSpec("sgdw", "SGDW", "sgd", "decoupled", "decoupled: theta -= eta_t * lambda * theta"),
+        OptimizerSpec("adam", "Adam (L2)", "adam", "l2", "L2 factor: g += lambda * theta"),
+        OptimizerSpec("adamw", "AdamW", "adam", "decoupled", "decoupled: theta -= eta_t * lambda * theta"),
+    )
+}
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line that names the key and the value."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, and how much of it. Sizes are numbers of examples."""
+
+    dataset: str = "mnist1d"  # mnist1d (generated locally) | digits (scikit-learn's copy) | cifar10 (local folder)
+    train_size: int = 4000  # examples the optimizer sees
+    val_size: int = 2000  # examples that pick each optimizer's best cell
+    test_size: int = 4000  # examples that report it (never used for any choice)
+    seed: int = 0  # seed of the data generator and of the split; runs use their own seeds
+    data_dir: str = ""  # cifar10: folder holding cifar-10-batches-py/ (or where --download puts it)
+    download: bool = False  # cifar10: fetch the archive when data_dir lacks it
+    augment: bool = False  # images only: pad-4 random 32x32 crop + horizontal flip on training batches
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network. ``width`` and ``depth`` mean what the model's name says."""
+
+    name: str = "conv1d"  # conv1d (MNIST-1D) | mlp (any data) | shake_shake (26 2x64d on CIFAR-10)
+    width: int = 32  # conv1d: channels; mlp: hidden units; shake_shake: channels of the first stage (64 = 2x64d)
+    depth: int = 3  # conv1d: conv layers; mlp: hidden layers; shake_shake: layers (26 = 4 blocks per stage)
+    batchnorm: bool = True  # conv1d/mlp: BatchNorm after each layer (shake_shake always has it)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one run trains."""
+
+    epochs: int = 15  # passes over the training set
+    batch_size: int = 128  # examples per step
+    schedule: str = "cosine"  # eta_t: cosine from 1 to 0 over the run, stepped per batch | constant (eta_t = 1)
+    momentum: float = 0.9  # sgd/sgdw: beta1 of Algorithm 1 (the momentum mu)
+    beta1: float = 0.9  # adam/adamw
+    beta2: float = 0.999  # adam/adamw
+    eps: float = 1e-8  # adam/adamw: added to sqrt(vhat)
+    decay_scope: str = "all"  # all: decay every parameter (as the paper) | weights: not biases/norm parameters
+    eval_batch_size: int = 2048  # examples per forward pass when measuring errors (memory only, not results)
+
+
+@dataclass(frozen=True)
+class OptimizerGrid:
+    """The learning-rate x weight-decay grid of one optimizer. Values in the paper's units (module docstring)."""
+
+    optimizer: str  # a key of OPTIMIZERS
+    lrs: tuple[float, ...]  # alpha values, ascending
+    weight_decays: tuple[float, ...]  # lambda values, ascending (0 allowed)
+
+    @property
+    def spec(self) -> OptimizerSpec:
+        return OPTIMIZERS[self.optimizer]
+
+    @property
+    def cells(self) -> int:
+        return len(self.lrs) * len(self.weight_decays)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one run's numbers, apart from its seed. Its hash keys the store."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    optimizer: str
+    lr: float
+    weight_decay: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def key(self) -> str:
+        """A stable 16-hex-digit hash of the config (independent of dict order and of Python versions)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "RunConfig":
+        return cls(
+            data=DataConfig(**raw["data"]),
+            model=ModelConfig(**raw["model"]),
+            train=TrainConfig(**raw["train"]),
+            optimizer=raw["optimizer"],
+            lr=float(raw["lr"]),
+            weight_decay=float(raw["weight_decay"]),
+        )
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A whole sweep: every optimizer's grid, crossed with ``seeds`` seeds (0 .. seeds-1)."""
+
+    name: str  # the preset's or user's name for it (not part of any run's key)
+    seeds: int  # runs per cell, seeds 0 .. seeds-1; seed s gives the same init and batch order in every cell
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    grids: tuple[OptimizerGrid, ...]
+
+    def run_config(self, optimizer: str, lr: float, weight_decay: float) -> RunConfig:
+        return RunConfig(self.data, self.model, self.train, optimizer, lr, weight_decay)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "SweepConfig":
+        """Rebuild from :meth:`to_dict` output (as stored), without the layering of :func:`load_sweep_config`."""
+        return cls(
+            name=raw["name"],
+            seeds=int(raw["seeds"]),
+            data=DataConfig(**raw["data"]),
+            model=ModelConfig(**raw["model"]),
+            train=TrainConfig(**raw["train"]),
+            grids=tuple(
+                OptimizerGrid(g["optimizer"], tuple(g["lrs"]), tuple(g["weight_decays"])) for g in raw["grids"]
+            ),
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading: presets, files and overrides are nested dicts merged key by key, then checked once.
+
+_PRESET_PACKAGE = "decoupled.experiments.presets"
+_TOP_KEYS = ("name", "seeds", "optimizers", "data", "model", "train", "grid")
+_AXIS_KEYS = {"lr": ("lr", "lr_log2"), "weight_decay": ("weight_decay", "weight_decay_log2")}
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped with the package (``presets/*.toml``)."""
+    folder = resources.files(_PRESET_PACKAGE)
+    return sorted(entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".toml"))
+
+
+def _read_toml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{origin} is not valid TOML: {error}") from None
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    if name not in available_presets():
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(available_presets())}")
+    text = resources.files(_PRESET_PACKAGE).joinpath(f"{name}.toml").read_text(encoding="utf-8")
+    return _read_toml(text, f"preset {name!r}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror or error}") from None
+    return _read_toml(text, f"config file {str(path)!r}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=30"`` -> (["train", "epochs"], 30); the value is read as TOML, else as a bare string."""
+    key, sep, value = text.partition("=")
+    path = [part.strip() for part in key.split(".")]
+    if not sep or not all(path):
+        raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. train.epochs=30)")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return path, parsed
+
+
+def set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``tree[path[0]][path[1]]... = value``, creating tables on the way."""
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(path)}: {part!r} is a value, not a table")
+    node[path[-1]] = value
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any], _path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base``. Setting one form of a grid axis (``lr`` or ``lr_log2``)
+    drops the other form from ``base``, so a user's explicit values replace a preset's range."""
+    merged = copy.deepcopy(dict(base))
+    in_grid_table = len(_path) == 2 and _path[0] == "grid"
+    for key, value in override.items():
+        if in_grid_table:
+            for forms in _AXIS_KEYS.values():
+                if key in forms:
+                    for other in forms:
+                        merged.pop(other, None)
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value, (*_path, key))
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_sweep_config(
+    preset: str = "default",
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> SweepConfig:
+    """Layer preset < config file < overrides (a nested dict), and check the result."""
+    raw = read_preset(preset)
+    raw.setdefault("name", preset)
+    if config_file is not None:
+        raw = merge(raw, read_config_file(config_file))
+    if overrides:
+        raw = merge(raw, overrides)
+    return sweep_config_from_dict(raw)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checking: every message names the key (as a dotted path) and the value.
+
+
+def _unknown_keys(table: Mapping[str, Any], allowed: tuple[str, ...] | list[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise ConfigError(f"unknown config key {prefix}{key!r}; known keys here: {', '.join(allowed)}")
+
+
+def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a table, got {value!r}")
+    return value
+
+
+def _typed(cls: type, table: Mapping[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from ``table`` (defaults for missing keys), checking key names and types."""
+    names = [f.name for f in fields(cls)]
+    _unknown_keys(table, names, where)
+    defaults = cls()
+    values = {}
+    for name in names:
+        default = getattr(defaults, name)
+        value = table.get(name, default)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise ConfigError(f"{where}.{name} must be {type(default).__name__}, got {value!r}")
+        values[name] = value
+    return cls(**values)
+
+
+def _positive_int(value: int, key: str) -> None:
+    if value < 1:
+        raise ConfigError(f"{key} must be >= 1, got {value!r}")
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_data(data: DataConfig) -> None:
+    _choice(data.dataset, DATASETS, "data.dataset")
+    for name in ("train_size", "val_size", "test_size"):
+        _positive_int(getattr(data, name), f"data.{name}")
+    if data.dataset == "cifar10" and not data.data_dir:
+        raise ConfigError("data.data_dir must name a folder for dataset cifar10 (--data-dir DIR)")
+    if data.augment and data.dataset != "cifar10":
+        raise ConfigError(f"data.augment (crop + flip) needs image data (cifar10), got dataset {data.dataset!r}")
+
+
+def _check_model(model: ModelConfig, data: DataConfig) -> None:
+    _choice(model.name, MODELS, "model.name")
+    _positive_int(model.width, "model.width")
+    _positive_int(model.depth, "model.depth")
+    if model.name == "conv1d" and data.dataset == "cifar10":
+        raise ConfigError("model.name 'conv1d' takes 1-D signals (mnist1d, digits), got dataset 'cifar10'")
+    if model.name == "shake_shake":
+        if data.dataset != "cifar10":
+            raise ConfigError(f"model.name 'shake_shake' takes 32x32 images (cifar10), got dataset {data.dataset!r}")
+        if (model.depth - 2) % 6 != 0 or model.depth < 8:
+            raise ConfigError(f"model.depth for shake_shake must be 6n + 2 >= 8 (e.g. 26), got {model.depth!r}")
+
+
+def _check_train(train: TrainConfig) -> None:
+    _positive_int(train.epochs, "train.epochs")
+    _positive_int(train.batch_size, "train.batch_size")
+    _positive_int(train.eval_batch_size, "train.eval_batch_size")
+    _choice(train.schedule, SCHEDULES, "train.schedule")
+    _choice(train.decay_scope, DECAY_SCOPES, "train.decay_scope")
+    for name in ("momentum", "beta1", "beta2"):
+        value = getattr(train, name)
+        if not (math.isfinite(value) and 0 <= value < 1):
+            raise ConfigError(f"train.{name} must be in [0, 1), got {value!r}")
+    if not (math.isfinite(train.eps) and train.eps >= 0):
+        raise ConfigError(f"train.eps must be >= 0, got {train.eps!r}")
+
+
+def _axis(table: Mapping[str, Any], axis: str, where: str) -> tuple[float, ...]:
+    """One grid axis from either explicit values (``lr = [0.01, 0.02]``) or powers of two
+    (``lr_log2 = [start, stop]`` or ``[start, stop, step]``: 2^start, 2^(start+step), ..., up to 2^stop)."""
+    values_key, log2_key = _AXIS_KEYS[axis]
+    noun = "learning rate" if axis == "lr" else "weight decay"
+    if values_key in table and log2_key in table:
+        raise ConfigError(f"{where}: give {values_key} or {log2_key}, not both")
+    if values_key in table:
+        raw = table[values_key]
+        raw = raw if isinstance(raw, list) else [raw]
+        for value in raw:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{where}.{values_key}: {noun} must be a finite number, got {value!r}")
+        values = [float(v) for v in raw]
+    elif log2_key in table:
+        raw = table[log2_key]
+        if (
+            not isinstance(raw, list)
+            or len(raw) not in (2, 3)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
+        ):
+            raise ConfigError(f"{where}.{log2_key} must be [start, stop] or [start, stop, step] exponents, got {raw!r}")
+        start, stop, step = (list(raw) + [1])[:3]
+        if step <= 0:
+            raise ConfigError(f"{where}.{log2_key}: step must be > 0, got {step!r}")
+        count = math.floor((stop - start) / step + 1e-9) + 1
+        values = [2.0 ** (start + i * step) for i in range(max(count, 0))]
+    else:
+        raise ConfigError(f"{where} needs {values_key} = [values] or {log2_key} = [start, stop]")
+    if not values:
+        raise ConfigError(f"empty grid: {where}.{log2_key if log2_key in table else values_key} = "
+                          f"{table.get(log2_key, table.get(values_key))!r} gives no {noun}")
+    for value in values:
+        if axis == "lr" and value <= 0:
+            raise ConfigError(f"{where}.{values_key}: learning rate must be > 0, got {value!r}")
+        if axis == "weight_decay" and value < 0:
+            raise ConfigError(f"{where}.{values_key}: weight decay must be >= 0, got {value!r}")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{where}.{values_key}: repeated value in {values!r}")
+    return tuple(sorted(values))
+
+
+def _grids(raw: Mapping[str, Any]) -> tuple[OptimizerGrid, ...]:
+    names = raw.get("optimizers", list(OPTIMIZERS))
+    if isinstance(names, str):
+        names = [part.strip() for part in names.split(",") if part.strip()]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"optimizers must be a list of names, got {names!r}")
+    if not names:
+        raise ConfigError("empty grid: optimizers = [] selects no optimizer")
+    for name in names:
+        _choice(name, tuple(OPTIMIZERS), "optimizers")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"optimizers: repeated name in {names!r}")
+    grid_tables = _table(raw, "grid")
+    _unknown_keys(grid_tables, list(OPTIMIZERS), "grid")
+    grids = []
+    for name in names:
+        table = grid_tables.get(name)
+        if table is None:
+            raise ConfigError(f"grid.{name} is missing: optimizer {name!r} needs a learning-rate x weight-decay grid")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"grid.{name} must be a table, got {table!r}")
+        _unknown_keys(table, [key for forms in _AXIS_KEYS.values() for key in forms], f"grid.{name}")
+        where = f"grid.{name}"
+        grids.append(OptimizerGrid(name, _axis(table, "lr", where), _axis(table, "weight_decay", where)))
+    return tuple(grids)
+
+
+def sweep_config_from_dict(raw: Mapping[str, Any]) -> SweepConfig:
+    """Check a merged config tree and build the :class:`SweepConfig`; raise :class:`ConfigError` if bad."""
+    _unknown_keys(raw, _TOP_KEYS, "")
+    name = raw.get("name", "custom")
+    if not isinstance(name, str):
+        raise ConfigError(f"name must be a string, got {name!r}")
+    seeds = raw.get("seeds", 2)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds (runs per cell) must be an integer >= 1, got {seeds!r}")
+    data = _typed(DataConfig, _table(raw, "data"), "data")
+    model = _typed(ModelConfig, _table(raw, "model"), "model")
+    train = _typed(TrainConfig, _table(raw, "train"), "train")
+    _check_data(data)
+    _check_model(model, data)
+    _check_train(train)
+    return SweepConfig(name, seeds, data, model, train, _grids(raw))

@@ -1,0 +1,361 @@
+"""The report of a sweep: ``report.md`` and a self-contained ``report.html`` (images inlined as base64), plus
+the PNG figures and ``results.csv``, all re-rendered from the store alone (``decoupled report DIR``).
+
+The report states its findings in numbers and says plainly where they do not show the paper's claims.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .analysis import BASIN_POINTS, NOISE_MULTIPLE, TRAINED_WITHIN, Comparison, Findings, OptimizerFindings, analyze
+from .config import OPTIMIZERS
+from .plots import CURVES_FILENAME, HEATMAP_FILENAME, plot_curves, plot_heatmaps
+from .store import Store, StoreError
+from .sweep import CSV_FILENAME
+from .train import format_power_of_two
+
+__all__ = ["ReportPaths", "render_report", "statements"]
+
+# Where a result counts as showing the paper's decoupling: L2's best weight decay falls with the learning rate
+# (slope <= -0.5; -1 is "lambda * alpha constant") while the decoupled one stays (|slope| < 0.5).
+L2_SLOPE_AT_MOST = -0.5
+DECOUPLED_SLOPE_BELOW = 0.5
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    markdown: Path
+    html: Path
+    heatmaps: Path
+    curves: Path
+    csv: Path
+
+
+# ------------------------------------------------------------------------------------------ plain statements
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def _pm(opt: OptimizerFindings) -> str:
+    text = _pct(opt.best_test_mean)
+    if not math.isnan(opt.best_test_std):
+        text += f" +- {100 * opt.best_test_std:.2f}"
+    return text
+
+
+def _slope(opt: OptimizerFindings) -> str:
+    return "n/a" if opt.slope is None else f"{opt.slope:+.2f}"
+
+
+def statements(findings: Findings) -> list[str]:
+    """The findings as plain sentences, each with its numbers; the first ones say what is and is not shown."""
+    lines: list[str] = []
+    by_name = {f.name: f for f in findings.optimizers}
+    for base_name, variant_name in (("sgd", "sgdw"), ("adam", "adamw")):
+        base, variant = by_name.get(base_name), by_name.get(variant_name)
+        if base is None or variant is None or base.best is None or variant.best is None:
+            continue
+        pair = f"{base.label} vs {variant.label}"
+        if base.slope is None or variant.slope is None:
+            lines.append(f"Decoupling ({pair}): not measurable, fewer than two learning-rate rows trained well.")
+        else:
+            lines.append(_decoupling_sentence(base, variant))
+        wider = variant.basin_width > base.basin_width
+        lines.append(
+            f"Basin width ({pair}): {variant.label} has {variant.basin_width} cells within {BASIN_POINTS:g} point of its "
+            f"best test error, {base.label} {base.basin_width}"
+            + (" (the decoupled variant's good region is wider)." if wider else " (the decoupled variant's is not wider).")
+        )
+    for comparison in findings.comparisons:
+        lines.append(_comparison_sentence(comparison))
+    for opt in findings.optimizers:
+        if opt.best is not None and not opt.inside:
+            lines.append(
+                f"**{opt.label}'s best cell lies on the grid's edge** ({', '.join(opt.edges)}): its optimum may lie "
+                f"outside the grid; widen grid.{opt.name} and run again (finished runs are kept)."
+            )
+        if opt.row_best_on_edge:
+            lines.append(
+                f"{opt.label}: in {opt.row_best_on_edge} of {opt.slope_rows} rows the best weight decay is the grid's "
+                "smallest or largest, so its slope is a bound rather than an estimate there."
+            )
+    if findings.runs_used < findings.runs_expected:
+        lines.append(
+            f"{findings.runs_expected - findings.runs_used} of {findings.runs_expected} runs are missing "
+            "(interrupted or failed): these numbers are provisional; run the same command again to finish."
+        )
+    config = findings.config
+    if config.data.dataset != "cifar10" or config.model.name != "shake_shake":
+        lines.append(
+            f"Scale: this is a small stand-in ({config.data.dataset}, {config.data.train_size} training examples, "
+            f"{config.model.name} network, {config.train.epochs} epochs). The paper measured its generalization gap "
+            "on CIFAR-10 with a 26 2x64d Shake-Shake ResNet over 100 epochs and more (`--preset paper`); what a small "
+            "setting can show is the decoupling of learning rate and weight decay, and it need not show the gap."
+        )
+    return lines
+
+
+def _decoupling_sentence(base: OptimizerFindings, variant: OptimizerFindings) -> str:
+    """Each slope against the paper's Figure 2 (L2: about -1, a diagonal; decoupled: about 0, axis-aligned)."""
+    l2_as_paper = base.slope is not None and base.slope <= L2_SLOPE_AT_MOST
+    decoupled_as_paper = variant.slope is not None and abs(variant.slope) < DECOUPLED_SLOPE_BELOW
+    verdict = {2: "shown", 1: "partly shown", 0: "NOT shown"}[int(l2_as_paper) + int(decoupled_as_paper)]
+    l2_text = (
+        f"with L2 the best weight decay {'falls' if base.slope < 0 else 'rises'} as the learning rate rises "
+        f"(slope {base.slope:+.2f} over {base.slope_rows} rows; "
+        f"{'as' if l2_as_paper else 'more weakly than' if base.slope < 0 else 'unlike'} the paper's diagonal, about -1)"
+    )
+    variant_text = (
+        f"with decoupled decay {'it stays put' if decoupled_as_paper else 'it moves too'} (slope "
+        f"{variant.slope:+.2f} over {variant.slope_rows} rows; the paper's is about 0)"
+    )
+    return f"**Decoupling {verdict} ({base.label} vs {variant.label})**, cf. Figure 2: {l2_text}; {variant_text}."
+
+
+def _comparison_sentence(c: Comparison) -> str:
+    base, variant = c.base, c.variant
+    numbers = (
+        f"{variant.label} {_pm(variant)} vs {base.label} {_pm(base)} (best cells picked on validation; "
+        f"difference {100 * c.difference:+.2f} points = {100 * c.relative:+.1f}% relative; noise: "
+        f"{_noise_text(c)})"
+    )
+    paper = "the paper reports about 15% lower test error for AdamW" if base.name == "adam" else (
+        "the paper reports SGDW about as good as or better than SGD, with easier tuning"
+    )
+    if c.verdict == "better":
+        return f"**{variant.label} generalizes better than {base.label}** here: {numbers}; {paper}."
+    if c.verdict == "worse":
+        return f"**Not shown: {base.label} beats {variant.label}** here, beyond the noise: {numbers}; {paper}."
+    return (
+        f"**Not shown: no generalization gap between {variant.label} and {base.label}** beyond the noise: {numbers}; "
+        f"{paper}."
+    )
+
+
+def _noise_text(c: Comparison) -> str:
+    seed = "unknown with one seed" if math.isnan(c.standard_error) else f"{100 * c.standard_error:.2f} points (seeds)"
+    return f"standard error {seed}, {100 * c.test_set_noise:.2f} points per measurement (test-set size)"
+
+
+# ------------------------------------------------------------------------------------------ document model
+
+Block = tuple  # ("h1"|"h2"|"p", text) | ("ul", [text]) | ("table", header, rows) | ("img", file, alt)
+
+
+def _setup_lines(findings: Findings, parameters: int | None) -> list[str]:
+    config = findings.config
+    data, model, train = config.data, config.model, config.train
+    steps = math.ceil(data.train_size / train.batch_size) * train.epochs
+    normalizer = math.sqrt(train.batch_size / (data.train_size * train.epochs))
+    source = {
+        "mnist1d": f"MNIST-1D generated locally (generator seed {data.seed})",
+        "digits": "scikit-learn's digits (8x8, as 64-sample signals)",
+        "cifar10": f"CIFAR-10 from {data.data_dir}" + (" with pad-4 crop + flip" if data.augment else ""),
+    }[data.dataset]
+    params = f", {parameters:,} parameters" if parameters else ""
+    return [
+        f"Data: {source}; {data.train_size} training / {data.val_size} validation / {data.test_size} test examples "
+        "(validation picks each optimizer's best cell, test reports it).",
+        f"Model: `{model.name}` width {model.width}, depth {model.depth}"
+        f"{', BatchNorm' if model.batchnorm or model.name == 'shake_shake' else ''}{params}.",
+        f"Training: {train.epochs} epochs of batch {train.batch_size} ({steps} steps), schedule eta_t = "
+        f"{'cosine from 1 to 0 over the run, per batch' if train.schedule == 'cosine' else 'constant 1'}, "
+        f"weight decay on {'all parameters (as the paper)' if train.decay_scope == 'all' else 'weights only'}; "
+        f"{config.seeds} seeds per cell (seed s: same initialization and batch order in every cell).",
+        "Optimizers: one implementation per family, differing only in where lambda enters: SGD = "
+        "`decoupled.SGDW(decay=\"l2\")`, SGDW = `decoupled.SGDW(decay=\"decoupled\")` (momentum "
+        f"{train.momentum}), Adam = `decoupled.AdamW(decay=\"l2\")`, AdamW = `decoupled.AdamW(decay=\"decoupled\")` "
+        f"(betas {train.beta1}, {train.beta2}).",
+        "Units (the paper's): learning rate = alpha, the peak of eta_t * alpha. For SGDW/AdamW the weight decay is "
+        "lambda per step at eta_t = 1, in the decoupled convention theta <- theta - eta_t lambda theta (not multiplied "
+        "by alpha; torch.optim.AdamW's weight_decay is lambda / alpha). For SGD/Adam it is the L2 factor lambda, "
+        "g <- g + lambda theta. The paper's normalized decay (appendix B.1) is "
+        f"lambda_norm = lambda / sqrt(b / (B T)) = lambda x {1 / normalizer:.1f} here.",
+        f"Runs: {findings.runs_used} of {findings.runs_expected} recorded, {findings.runs_diverged} diverged "
+        f"(NaN/inf loss; counted as 100% error); {findings.wall_time_total_s / 60:.1f} minutes of compute in all"
+        + (f"; {findings.runs_other} other stored runs are not part of this grid" if findings.runs_other else "")
+        + ".",
+        f"Provenance: code {', '.join(findings.code_versions) or 'n/a'}; hardware "
+        f"{findings.hardware.get('cpu', 'n/a')} ({findings.hardware.get('device', 'n/a')}"
+        + (f", {findings.hardware['gpu']}" if "gpu" in findings.hardware else "")
+        + ").",
+    ]
+
+
+def _optimizer_table(findings: Findings) -> tuple[list[str], list[list[str]]]:
+    header = [
+        "optimizer", "convention", "best lr", "best weight decay", "val error", "test error (mean +- std)", "seeds",
+        "optimum inside grid", "decoupling slope (rows)", f"basin width (cells within {BASIN_POINTS:g} pt)",
+    ]  # fmt: skip
+    rows = []
+    for opt in findings.optimizers:
+        spec = OPTIMIZERS[opt.name]
+        if opt.best is None:
+            rows.append([opt.label, spec.weight_decay_meaning] + ["no runs"] + [""] * 7)
+            continue
+        rows.append([
+            opt.label, spec.weight_decay_meaning, format_power_of_two(opt.best_lr),
+            format_power_of_two(opt.best_weight_decay), _pct(opt.best_val_mean), _pm(opt),
+            str(len(opt.best_test_errors)), "yes" if opt.inside else f"NO ({', '.join(opt.edges)})",
+            f"{_slope(opt)} ({opt.slope_rows})", f"{opt.basin_width} of {opt.cells_measured}",
+        ])  # fmt: skip
+    return header, rows
+
+
+def _comparison_table(findings: Findings) -> tuple[list[str], list[list[str]]]:
+    header = ["comparison", "L2", "decoupled", "difference (points)", "relative improvement", "seed noise (SE)",
+              "test-set noise", f"verdict (> {NOISE_MULTIPLE:g} x noise)"]  # fmt: skip
+    rows = []
+    for c in findings.comparisons:
+        rows.append([
+            f"{c.variant.label} over {c.base.label}", _pm(c.base), _pm(c.variant), f"{100 * c.difference:+.2f}",
+            f"{100 * c.relative:+.1f}%", "n/a" if math.isnan(c.standard_error) else f"{100 * c.standard_error:.2f}",
+            f"{100 * c.test_set_noise:.2f}", _VERDICTS[c.verdict],
+        ])  # fmt: skip
+    return header, rows
+
+
+_VERDICTS = {"better": "decoupled better", "worse": "L2 better", "tie": "within noise"}
+
+
+def _method_lines() -> list[str]:
+    return [
+        "A run's error is its final error; a diverged run counts as 100%. A cell's error is the mean over its seeds.",
+        "Each optimizer's best cell is picked on the validation error; its test error is reported (mean +- sample "
+        "std over seeds).",
+        "Relative improvement = (L2 error - decoupled error) / L2 error. Seed noise: standard error of the difference, "
+        "sqrt(s1^2/n1 + s2^2/n2); test-set noise: sqrt(p(1-p)/N_test). A difference counts beyond "
+        f"{NOISE_MULTIPLE:g} x the larger of the two.",
+        "Decoupling slope: least-squares slope of log10(best weight decay) against log10(learning rate), one point per "
+        "learning-rate row (its best weight decay on validation), over rows that trained well (row's best "
+        f"validation error at most {TRAINED_WITHIN:g}x the optimizer's best). L2 with a slope of -1 keeps "
+        "lambda x alpha constant (the diagonal of Figure 2); "
+        "0 means the best weight decay does not depend on the learning rate.",
+        f"Basin width: cells whose mean test error is within {BASIN_POINTS:g} point of the grid's lowest.",
+        "Heatmaps: rings mark the 10 cells of lowest test error (as in Figure 2), the red square the cell picked on "
+        "validation, x a cell that diverged in every seed, grey a cell without runs.",
+    ]
+
+
+def build_document(findings: Findings, out: Path, parameters: int | None) -> list[Block]:
+    config = findings.config
+    optimizer_header, optimizer_rows = _optimizer_table(findings)
+    comparison_header, comparison_rows = _comparison_table(findings)
+    blocks: list[Block] = [
+        ("h1", f"Decoupled weight decay: learning rate x weight decay sweep ({config.name})"),
+        ("p", f"Output folder `{out}`, rendered {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
+              f"`{out / 'results.sqlite'}` (`decoupled report {out}` renders it again)."),
+        ("h2", "Findings"),
+        ("ul", statements(findings)),
+        ("h2", "Best setting of each optimizer"),
+        ("table", optimizer_header, optimizer_rows),
+    ]  # fmt: skip
+    if comparison_rows:
+        blocks += [("h2", "Decoupled vs L2"), ("table", comparison_header, comparison_rows)]
+    blocks += [
+        ("h2", "Heatmaps (cf. Figure 2 of the paper)"),
+        ("img", HEATMAP_FILENAME, "test error over learning rate x weight decay, one panel per optimizer"),
+        ("h2", "Learning curves of the best settings (cf. Figures 3-4)"),
+        ("img", CURVES_FILENAME, "training loss and test error per epoch of each optimizer's best setting"),
+        ("h2", "Setup"),
+        ("ul", _setup_lines(findings, parameters)),
+        ("h2", "How the numbers are computed"),
+        ("ul", _method_lines()),
+        ("p", f"Every run, with its per-epoch curves and provenance: `{CSV_FILENAME}` and `results.sqlite`."),
+    ]
+    return blocks
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    parts = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h1":
+            parts.append(f"# {block[1]}")
+        elif kind == "h2":
+            parts.append(f"## {block[1]}")
+        elif kind == "p":
+            parts.append(block[1])
+        elif kind == "ul":
+            parts.append("\n".join(f"- {item}" for item in block[1]))
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+            parts.append("\n".join(lines))
+        elif kind == "img":
+            parts.append(f"![{block[2]}]({block[1]})")
+    return "\n\n".join(parts) + "\n"
+
+
+def _inline_html(text: str) -> str:
+    escaped = html.escape(text)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }
+th { background: #f3f3f3; }
+img { max-width: 100%; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+li { margin: 0.3em 0; }
+"""
+
+
+def to_html(blocks: list[Block], folder: Path) -> str:
+    """A single HTML file: images are inlined as base64 data URLs, so it can be mailed or archived alone."""
+    body = []
+    title = "decoupled sweep report"
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "p"):
+            tag = kind
+            body.append(f"<{tag}>{_inline_html(block[1])}</{tag}>")
+            if kind == "h1":
+                title = block[1]
+        elif kind == "ul":
+            body.append("<ul>" + "".join(f"<li>{_inline_html(item)}</li>" for item in block[1]) + "</ul>")
+        elif kind == "table":
+            head = "".join(f"<th>{_inline_html(cell)}</th>" for cell in block[1])
+            rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>" for row in block[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img":
+            data = base64.b64encode((folder / block[1]).read_bytes()).decode("ascii")
+            body.append(f'<p><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}"></p>')
+    return (
+        f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def render_report(folder: str | Path) -> ReportPaths:
+    """Re-render the CSV, the figures and the report of output folder ``folder`` from its store alone."""
+    folder = Path(folder)
+    with Store.open(folder, create=False) as store:
+        config = store.latest_sweep()
+        if config is None:
+            raise StoreError(f"the store in {str(folder)!r} records no sweep; nothing to report")
+        rows = store.runs()
+        store.export_csv(folder / CSV_FILENAME)
+    findings = analyze(config, rows)
+    heatmaps = plot_heatmaps(findings, folder / HEATMAP_FILENAME)
+    curves = plot_curves(findings, folder / CURVES_FILENAME)
+    parameters = next((row["extra"].get("parameters") for row in rows if row["extra"].get("parameters")), None)
+    blocks = build_document(findings, folder, parameters)
+    markdown = folder / "report.md"
+    markdown.write_text(to_markdown(blocks), encoding="utf-8")
+    page = folder / "report.html"
+    page.write_text(to_html(blocks, folder), encoding="utf-8")
+    return ReportPaths(markdown, page, heatmaps, curves, folder / CSV_FILENAME)

@@ -1,0 +1,247 @@
+"""The results store: one SQLite file per output folder, one row per finished run.
+
+Why SQLite: a run is recorded in one transaction when it ends, so a sweep killed at any moment (even by
+SIGKILL) leaves every finished run readable and loses only the runs in flight; WAL mode lets several sweeps
+(or a report) read and write the same file at once; ``UNIQUE (config_hash, seed)`` means a run is never
+recorded twice, however many sweeps race to finish it.
+
+Each row holds the full run config (JSON), the seed, per-epoch curves (JSON lists), the final errors, the
+diverged flag, wall time, and where it came from: code version, library versions, hardware.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import OPTIMIZERS, SweepConfig
+from .train import RunRecord
+
+__all__ = ["SCHEMA_VERSION", "Store", "StoreError", "CSV_COLUMNS"]
+
+SCHEMA_VERSION = 1
+STORE_FILENAME = "results.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sweeps (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at   TEXT NOT NULL,               -- UTC, ISO 8601
+    config       TEXT NOT NULL,               -- SweepConfig as JSON
+    code_version TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    config_hash      TEXT    NOT NULL,        -- RunConfig.key()
+    seed             INTEGER NOT NULL,
+    optimizer        TEXT    NOT NULL,        -- adam | adamw | sgd | sgdw
+    decay            TEXT    NOT NULL,        -- the library's convention: l2 | decoupled
+    lr               REAL    NOT NULL,        -- alpha
+    weight_decay     REAL    NOT NULL,        -- lambda, in the convention's units
+    config           TEXT    NOT NULL,        -- RunConfig as JSON
+    train_loss       TEXT    NOT NULL,        -- JSON list, mean cross-entropy per epoch (nats)
+    val_error        TEXT    NOT NULL,        -- JSON list, fraction per epoch
+    test_error       TEXT    NOT NULL,        -- JSON list, fraction per epoch
+    final_val_error  REAL,                    -- NULL when diverged
+    final_test_error REAL,                    -- NULL when diverged
+    diverged         INTEGER NOT NULL,        -- 1 when the training loss became NaN/inf
+    epochs_run       INTEGER NOT NULL,
+    wall_time_s      REAL    NOT NULL,
+    device           TEXT    NOT NULL,
+    code_version     TEXT    NOT NULL,
+    library_versions TEXT    NOT NULL,        -- JSON object
+    hardware         TEXT    NOT NULL,        -- JSON object
+    extra            TEXT    NOT NULL,        -- JSON object (parameter count, steps per epoch)
+    finished_at      TEXT    NOT NULL,        -- UTC, ISO 8601
+    UNIQUE (config_hash, seed)
+);
+"""
+
+_JSON_COLUMNS = ("config", "train_loss", "val_error", "test_error", "library_versions", "hardware", "extra")
+
+CSV_COLUMNS = (
+    "id", "optimizer", "decay", "lr", "weight_decay", "seed", "final_val_error", "final_test_error", "diverged",
+    "epochs_run", "wall_time_s", "device", "config_hash", "code_version", "finished_at",
+    "train_loss", "val_error", "test_error", "config", "library_versions", "hardware",
+)  # fmt: skip
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used (not SQLite, not ours, or another schema version); one-line message."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Store:
+    """A handle on ``results.sqlite`` in an output folder. Open it with :meth:`open`; close it with
+    :meth:`close` (or use it as a context manager). Every write is one short transaction."""
+
+    def __init__(self, path: Path, connection: sqlite3.Connection):
+        self.path = path
+        self._db = connection
+
+    # -------------------------------------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, folder: str | Path, *, create: bool = True) -> "Store":
+        """Open (and with ``create``, make) the store of output folder ``folder``; check its schema version."""
+        folder = Path(folder)
+        path = folder / STORE_FILENAME
+        if not path.exists() and not create:
+            raise StoreError(f"no results store in {str(folder)!r} (expected {STORE_FILENAME}; run a sweep first)")
+        if create:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StoreError(f"cannot create output folder {str(folder)!r}: {error.strerror or error}") from None
+        try:
+            # timeout: wait up to 60 s for another writer's transaction (each lasts milliseconds).
+            connection = sqlite3.connect(path, timeout=60.0, isolation_level=None)
+            connection.row_factory = sqlite3.Row
+            store = cls(path, connection)
+            store._initialize()
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{str(path)!r} is not a readable results store ({error})") from None
+        return store
+
+    def _initialize(self) -> None:
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "meta" not in tables:
+            raise StoreError(f"{str(self.path)!r} is an SQLite file but not a decoupled results store")
+        if not tables:
+            self._db.execute("PRAGMA journal_mode = WAL")  # readers never block the writer, and vice versa
+            with self._transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?), ('created_at', ?)",
+                    (str(SCHEMA_VERSION), _now()),
+                )
+        self._db.execute("PRAGMA synchronous = FULL")  # a committed run survives power loss too
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        found = row[0] if row else "none"
+        if found != str(SCHEMA_VERSION):
+            raise StoreError(
+                f"{str(self.path)!r} was written with store schema version {found}; this version of decoupled "
+                f"reads version {SCHEMA_VERSION}: use another --out folder (the file was left unchanged)"
+            )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # BEGIN IMMEDIATE takes the write lock up front, so two writers queue instead of deadlocking.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------------------------- writing
+
+    def add_sweep(self, config: SweepConfig, code_version: str) -> int:
+        """Record that a sweep with ``config`` started; the report draws the latest sweep's grids."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT INTO sweeps (started_at, config, code_version) VALUES (?, ?, ?)",
+                (_now(), json.dumps(config.to_dict()), code_version),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def add_run(self, record: RunRecord) -> bool:
+        """Record a finished run in one transaction; False if (config, seed) was already recorded."""
+        config = record.config
+        provenance = record.provenance
+        values = {
+            "config_hash": config.key(),
+            "seed": record.seed,
+            "optimizer": config.optimizer,
+            "decay": OPTIMIZERS[config.optimizer].decay,
+            "lr": config.lr,
+            "weight_decay": config.weight_decay,
+            "config": json.dumps(config.to_dict(), sort_keys=True),
+            "train_loss": json.dumps(record.train_loss),
+            "val_error": json.dumps(record.val_error),
+            "test_error": json.dumps(record.test_error),
+            "final_val_error": record.final_val_error,
+            "final_test_error": record.final_test_error,
+            "diverged": int(record.diverged),
+            "epochs_run": len(record.train_loss),
+            "wall_time_s": record.wall_time_s,
+            "device": record.device,
+            "code_version": provenance.get("code_version", "unknown"),
+            "library_versions": json.dumps(provenance.get("library_versions", {}), sort_keys=True),
+            "hardware": json.dumps(provenance.get("hardware", {}), sort_keys=True),
+            "extra": json.dumps(record.extra, sort_keys=True),
+            "finished_at": _now(),
+        }
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._transaction():
+            cursor = self._db.execute(f"INSERT OR IGNORE INTO runs ({columns}) VALUES ({marks})", tuple(values.values()))
+        return cursor.rowcount == 1
+
+    # --------------------------------------------------------------------------------------------- reading
+
+    def finished_keys(self) -> set[tuple[str, int]]:
+        """(config hash, seed) of every recorded run."""
+        return {(row[0], row[1]) for row in self._db.execute("SELECT config_hash, seed FROM runs")}
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every recorded run as a dict, JSON columns decoded, oldest first."""
+        rows = []
+        for row in self._db.execute("SELECT * FROM runs ORDER BY id"):
+            item = dict(row)
+            for column in _JSON_COLUMNS:
+                item[column] = json.loads(item[column])
+            item["diverged"] = bool(item["diverged"])
+            rows.append(item)
+        return rows
+
+    def latest_sweep(self) -> SweepConfig | None:
+        row = self._db.execute("SELECT config FROM sweeps ORDER BY id DESC LIMIT 1").fetchone()
+        return SweepConfig.from_dict(json.loads(row[0])) if row else None
+
+    def export_csv(self, path: str | Path) -> int:
+        """Write every run as one CSV row (curves and metadata as JSON strings), atomically; return the count."""
+        path = Path(path)
+        rows = self.runs()
+        fd, tmp = tempfile.mkstemp(suffix=".csv", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(CSV_COLUMNS)
+                for row in rows:
+                    writer.writerow(
+                        json.dumps(row[c], sort_keys=True) if c in _JSON_COLUMNS else
+                        ("" if row[c] is None else int(row[c]) if c == "diverged" else row[c])
+                        for c in CSV_COLUMNS
+                    )  # fmt: skip
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is for sharing
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return len(rows)

@@ -1,0 +1,128 @@
+"""A sweep: plan the grid's runs, skip those already stored, run the rest on a backend, record each one.
+
+Resuming is the same command again: runs whose (config hash, seed) is in the store are skipped, so a sweep
+that was interrupted, crashed or killed continues where it stopped, and a grid that is widened later only
+runs its new cells.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import provenance
+from .backends import Event, RunFailed, RunFinished, WorkerSetup, make_backend
+from .config import SweepConfig
+from .data import prepare_data
+from .progress import SweepProgress
+from .store import STORE_FILENAME, Store
+from .train import RunTask
+
+__all__ = ["ExecutionOptions", "SweepSummary", "default_workers", "plan_tasks", "resolve_device", "run_sweep"]
+
+CSV_FILENAME = "results.csv"
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """Where and how a sweep runs; none of it changes a run's numbers (so none of it is in a run's key)."""
+
+    out: Path  # output folder: store, CSV, data cache, report
+    workers: int  # runs at once
+    device: str = "cpu"  # cpu | cuda (resolved from auto)
+    threads: int = 1  # torch threads per CPU worker
+    backend: str = "local"
+
+
+@dataclass
+class SweepSummary:
+    planned: int = 0  # runs in the grid
+    skipped: int = 0  # already in the store
+    recorded: int = 0  # finished and recorded now
+    duplicates: int = 0  # finished, but another sweep had recorded them first
+    failed: list[RunFailed] = field(default_factory=list)
+    diverged: int = 0
+    wall_time_s: float = 0.0
+
+
+def plan_tasks(config: SweepConfig) -> list[RunTask]:
+    """Every run of the sweep, seed-major: all cells of seed 0 first, so a sweep stopped halfway already has
+    a full grid with one seed."""
+    return [
+        RunTask(config.run_config(grid.optimizer, lr, weight_decay), seed)
+        for seed in range(config.seeds)
+        for grid in config.grids
+        for lr in grid.lrs
+        for weight_decay in grid.weight_decays
+    ]
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without one is a ValueError."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch (use --device cpu or auto)")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda or auto, got {device!r}")
+    return device
+
+
+def default_workers(device: str) -> int:
+    """One worker per core on the CPU; one per GPU on CUDA."""
+    if device == "cuda":
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+    return os.cpu_count() or 1
+
+
+def _record(event: Event, store: Store, summary: SweepSummary) -> None:
+    """Store a finished run (one transaction) and count it; count a failed one (not stored: resume retries it)."""
+    if isinstance(event, RunFinished):
+        if store.add_run(event.record):
+            summary.recorded += 1
+            summary.diverged += int(event.record.diverged)
+        else:
+            summary.duplicates += 1  # another sweep on the same store recorded it first
+    elif isinstance(event, RunFailed):
+        summary.failed.append(event)
+
+
+def run_sweep(config: SweepConfig, options: ExecutionOptions, progress: SweepProgress) -> SweepSummary:
+    """Run every run of ``config`` not yet in ``options.out``'s store, recording each as it finishes.
+
+    Raises ConfigError/DataError/StoreError (bad input; nothing stored is touched) before any run starts.
+    """
+    started = time.monotonic()
+    summary = SweepSummary()
+    cache_dir = options.out / "data"
+    if (options.out / STORE_FILENAME).exists():
+        Store.open(options.out, create=False).close()  # refuse an incompatible store before any other work
+    prepare_data(config.data, cache_dir)  # fails early, in this process and before any folder is made for it
+    with Store.open(options.out) as store:
+        tasks = plan_tasks(config)
+        summary.planned = len(tasks)
+        finished = store.finished_keys()
+        todo = [task for task in tasks if task.key not in finished]
+        summary.skipped = len(tasks) - len(todo)
+        store.add_sweep(config, provenance.code_version())
+        backend = make_backend(options.backend, options.workers, options.threads)
+        setup = WorkerSetup(config.data, str(cache_dir), options.device, options.threads)
+        progress.begin(len(todo), summary.skipped, min(backend.workers, max(len(todo), 1)), str(options.out))
+        try:
+            # closing(): an interrupted sweep stops its workers now, not whenever the generator is collected.
+            with closing(backend.run(setup, todo)) as events:
+                for event in events:
+                    _record(event, store, summary)
+                    progress.update(event)
+        finally:
+            progress.end()
+            store.export_csv(options.out / CSV_FILENAME)
+    summary.wall_time_s = time.monotonic() - started
+    return summary

@@ -1,0 +1,80 @@
+"""Shared helpers of the sweep tests: tiny configs, a tiny CIFAR-10 folder, running the CLI."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import decoupled
+from decoupled.experiments.config import load_sweep_config
+
+SRC = Path(decoupled.__file__).resolve().parents[1]
+
+
+def tiny_overrides(**extra) -> dict:
+    """A sweep of seconds: 600 MNIST-1D examples, 1 epoch, width-8 net, one cell per optimizer unless changed."""
+    tree = {
+        "seeds": 1,
+        "data": {"train_size": 300, "val_size": 150, "test_size": 150},
+        "model": {"width": 8},
+        "train": {"epochs": 1, "batch_size": 64},
+        "grid": {
+            "adam": {"lr": [0.01], "weight_decay": [1e-4]},
+            "adamw": {"lr": [0.01], "weight_decay": [1e-3]},
+            "sgd": {"lr": [0.1], "weight_decay": [1e-4]},
+            "sgdw": {"lr": [0.1], "weight_decay": [1e-5]},
+        },
+    }
+    for key, value in extra.items():
+        tree[key] = value
+    return tree
+
+
+@pytest.fixture
+def tiny_config():
+    return load_sweep_config("smoke", overrides=tiny_overrides())
+
+
+def write_tiny_cifar(folder: Path, per_batch: int = 6, test: int = 8, seed: int = 0) -> Path:
+    """A CIFAR-10 folder in torchvision's format with ``per_batch`` images in each of the 5 training batches."""
+    rng = np.random.default_rng(seed)
+    root = folder / "cifar-10-batches-py"
+    root.mkdir(parents=True)
+
+    def batch(count: int, offset: int) -> dict:
+        data = rng.integers(0, 256, size=(count, 3072), dtype=np.uint8)
+        return {b"batch_label": b"tiny", b"labels": [(offset + i) % 10 for i in range(count)], b"data": data,
+                b"filenames": [f"{offset + i}.png".encode() for i in range(count)]}  # fmt: skip
+
+    for index in range(1, 6):
+        with open(root / f"data_batch_{index}", "wb") as handle:
+            pickle.dump(batch(per_batch, index * 100), handle)
+    with open(root / "test_batch", "wb") as handle:
+        pickle.dump(batch(test, 0), handle)
+    with open(root / "batches.meta", "wb") as handle:
+        names = [n.encode() for n in ("airplane automobile bird cat deer dog frog horse ship truck".split())]
+        pickle.dump({b"label_names": names, b"num_cases_per_batch": per_batch}, handle)
+    return folder
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``python -m decoupled.cli ARGS`` in a fresh process (as a user would), capturing its output."""
+    env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "decoupled.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def popen_cli(*args: str, cwd: Path | None = None) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(
+        [sys.executable, "-m", "decoupled.cli", *args], cwd=cwd, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
