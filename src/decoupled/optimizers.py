@@ -116,7 +116,7 @@ def _real(tensor: Tensor) -> Tensor:
 
 def _dtensor_type() -> type | None:
     # A DTensor can only exist once torch.distributed.tensor (torch 2.4: torch.distributed._tensor) is imported;
-    # looking it up here rather than importing it keeps `import decoupled` from paying ~1 s for it.
+    # looking it up rather than importing it keeps `import decoupled` from paying ~1 s for it.
     for name in ("torch.distributed.tensor", "torch.distributed._tensor"):
         dtensor = getattr(sys.modules.get(name), "DTensor", None)
         if dtensor is not None:
@@ -146,7 +146,8 @@ def _eager_under_compile(step: Callable[..., Any]) -> Callable[..., Any]:
     Tracing it gains nothing (the default kernels already make one pass over memory) and goes wrong: torch's
     fused Adam op fails functionalization (an internal assert in torch 2.13), the native SGD kernel is a ctypes
     call, and a scheduled lr (a Python float) would recompile the graph at every step. ``torch.compiler.disable``
-    is applied on the first call made while compiling, so that eager use never imports torch._dynamo (~2 s).
+    is applied on the first call made while compiling: applied here, it would import torch._dynamo (~2 s) with
+    ``import decoupled``.
     """
     eager: Callable[..., Any] | None = None
 
