@@ -1,0 +1,47 @@
+"""DistributedDataParallel: 2 gloo processes on CPU train like one process on the full batch (float64).
+
+Every optimizer case (every kernel path of AdamW and SGDW, the decay conventions, decouple()-made optimizers)
+runs 5 steps under an SGDR schedule, in one spawned group for all cases; the parameters and every optimizer
+state tensor must match the single-process run to float64 round-off, and the two replicas must be identical.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from dist_harness import CASES, STEPS, assert_same, build, make_model, reference, run, snapshot, train
+from torch.nn.parallel import DistributedDataParallel
+
+
+def ddp_task(rank: int, world_size: int, cases: list[str]) -> dict:
+    results = {}
+    for case in cases:
+        model = make_model()
+        # The unused parameter gets no gradient: DDP must be told, and leaves its grad None on every rank.
+        ddp = DistributedDataParallel(model, find_unused_parameters=True)
+        optimizer, scheduler = build(case, model)
+        train(ddp, optimizer, scheduler, range(STEPS), rank, world_size)
+        assert model.unused.grad is None and model.frozen.weight.grad is None
+        mine = snapshot(model, optimizer)
+        replicas = [None] * world_size
+        dist.all_gather_object(replicas, mine)
+        for other in replicas[1:]:
+            assert_same(other, mine, exact=True)  # every replica applied the very same update
+        results[case] = mine
+    return results
+
+
+@pytest.fixture(scope="module")
+def ddp_results() -> dict:
+    return run(ddp_task, list(CASES))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_ddp_matches_one_process(ddp_results: dict, case: str) -> None:
+    expected = reference(case)
+    assert_same(ddp_results[case], expected)
+    # The frozen layer and the unused parameter are untouched (no grad, so no decay either).
+    initial = make_model()
+    for name in ("frozen.weight", "frozen.bias", "unused"):
+        assert torch.equal(ddp_results[case][name], dict(initial.named_parameters())[name].detach())
