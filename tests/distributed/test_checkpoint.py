@@ -83,6 +83,7 @@ def test_resumed_run_equals_uninterrupted_run(checkpoints: tuple[Path, dict], ca
     assert_same(uninterrupted, reference(case))
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # DCP's note: one process
 @pytest.mark.parametrize("case", DCP_CASES)
 def test_one_process_resumes_from_the_sharded_checkpoint(checkpoints: tuple[Path, dict], case: str) -> None:
     model = make_model(seed=1)
