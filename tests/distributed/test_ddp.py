@@ -3,6 +3,7 @@
 Every optimizer case (every kernel path of AdamW and SGDW, the decay conventions, decouple()-made optimizers)
 runs 5 steps under an SGDR schedule, in one spawned group for all cases; the parameters and every optimizer
 state tensor must match the single-process run to float64 round-off, and the two replicas must be identical.
+ZeroRedundancyOptimizer (each rank steps its part of the parameters, then broadcasts it) wraps them too.
 """
 
 from __future__ import annotations
@@ -10,8 +11,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-from dist_harness import CASES, STEPS, assert_same, build, make_model, reference, run, snapshot, train
+from dist_harness import (
+    CASES, LR, SGD_LR, STEPS, WEIGHT_DECAY, assert_same, build, make_model, param_groups, reference, run, schedule,
+    snapshot, train,
+)  # fmt: skip
 from torch.nn.parallel import DistributedDataParallel
+
+import decoupled
+
+ZERO_CASES = {  # the reference case each ZeroRedundancyOptimizer(optimizer_class=...) must reproduce
+    "AdamW-default": (decoupled.AdamW, dict(lr=LR, weight_decay=WEIGHT_DECAY)),
+    "SGDW-default": (decoupled.SGDW, dict(lr=SGD_LR, momentum=0.9, weight_decay=WEIGHT_DECAY)),
+}
 
 
 def ddp_task(rank: int, world_size: int, cases: list[str]) -> dict:
@@ -29,6 +40,15 @@ def ddp_task(rank: int, world_size: int, cases: list[str]) -> dict:
         for other in replicas[1:]:
             assert_same(other, mine, exact=True)  # every replica applied the very same update
         results[case] = mine
+    # Imported here, in the ranks: torch.distributed.optim warns about torch.jit.script at import.
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    for case, (optimizer_class, kwargs) in ZERO_CASES.items():
+        model = make_model()
+        ddp = DistributedDataParallel(model, find_unused_parameters=True)
+        optimizer = ZeroRedundancyOptimizer(param_groups(model, kwargs["lr"]), optimizer_class, **kwargs)
+        train(ddp, optimizer, schedule(optimizer), range(STEPS), rank, world_size)
+        results["ZeRO", case] = {name: p.detach().clone() for name, p in model.named_parameters()}
     return results
 
 
@@ -45,3 +65,9 @@ def test_ddp_matches_one_process(ddp_results: dict, case: str) -> None:
     initial = make_model()
     for name in ("frozen.weight", "frozen.bias", "unused"):
         assert torch.equal(ddp_results[case][name], dict(initial.named_parameters())[name].detach())
+
+
+@pytest.mark.parametrize("case", list(ZERO_CASES))
+def test_zero_redundancy_optimizer_matches_one_process(ddp_results: dict, case: str) -> None:
+    expected = {name: value for name, value in reference(case).items() if "/" not in name}  # parameters only
+    assert_same(ddp_results["ZeRO", case], expected)
