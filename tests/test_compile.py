@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._dynamo as torch_dynamo
 from torch import nn
 
 import decoupled
-
-torch_dynamo = pytest.importorskip("torch._dynamo")
 
 PATHS = {"forloop": dict(foreach=False, fused=False), "foreach": dict(foreach=True), "fused": dict(fused=True),
          "default": {}}  # fmt: skip

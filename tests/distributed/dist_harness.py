@@ -7,6 +7,7 @@ spawned group (its half of the batch), so that the tests can compare the two to 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -48,7 +49,7 @@ def run(task: Callable[..., Any], *args: Any, world_size: int = WORLD_SIZE, time
 
 
 def _entry(rank: int, world_size: int, tmp: str, task: Callable[..., Any], args: tuple) -> None:
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo0" if sys.platform == "darwin" else "lo"  # loopback only
     torch.set_num_threads(1)  # 2 processes on a 2-core machine
     # A file store needs no port: nothing to race for with other test runs on the machine.
     dist.init_process_group(
