@@ -25,12 +25,18 @@ ZERO_CASES = {  # the reference case each ZeroRedundancyOptimizer(optimizer_clas
 }
 
 
+# Also run with gradient_as_bucket_view=True: the gradients are then views into DDP's flat buckets, and the
+# native SGD kernel and torch's fused AdamW read them through data pointers and strides.
+BUCKET_VIEW_CASES = ["AdamW-fused", "SGDW-fused"]
+
+
 def ddp_task(rank: int, world_size: int, cases: list[str]) -> dict:
     results = {}
-    for case in cases:
+    runs = [(case, False) for case in cases] + [(case, True) for case in BUCKET_VIEW_CASES]
+    for case, bucket_view in runs:
         model = make_model()
         # The unused parameter gets no gradient: DDP must be told, and leaves its grad None on every rank.
-        ddp = DistributedDataParallel(model, find_unused_parameters=True)
+        ddp = DistributedDataParallel(model, find_unused_parameters=True, gradient_as_bucket_view=bucket_view)
         optimizer, scheduler = build(case, model)
         train(ddp, optimizer, scheduler, range(STEPS), rank, world_size)
         assert model.unused.grad is None and model.frozen.weight.grad is None
@@ -39,7 +45,7 @@ def ddp_task(rank: int, world_size: int, cases: list[str]) -> dict:
         dist.all_gather_object(replicas, mine)
         for other in replicas[1:]:
             assert_same(other, mine, exact=True)  # every replica applied the very same update
-        results[case] = mine
+        results[(case, "bucket view") if bucket_view else case] = mine
     # Imported here, in the ranks: torch.distributed.optim warns about torch.jit.script at import.
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
@@ -65,6 +71,11 @@ def test_ddp_matches_one_process(ddp_results: dict, case: str) -> None:
     initial = make_model()
     for name in ("frozen.weight", "frozen.bias", "unused"):
         assert torch.equal(ddp_results[case][name], dict(initial.named_parameters())[name].detach())
+
+
+@pytest.mark.parametrize("case", BUCKET_VIEW_CASES)
+def test_ddp_gradient_as_bucket_view(ddp_results: dict, case: str) -> None:
+    assert_same(ddp_results[case, "bucket view"], reference(case))
 
 
 @pytest.mark.parametrize("case", list(ZERO_CASES))
