@@ -23,8 +23,6 @@ ZERO_CASES = {  # the reference case each ZeroRedundancyOptimizer(optimizer_clas
     "AdamW-default": (decoupled.AdamW, dict(lr=LR, weight_decay=WEIGHT_DECAY)),
     "SGDW-default": (decoupled.SGDW, dict(lr=SGD_LR, momentum=0.9, weight_decay=WEIGHT_DECAY)),
 }
-
-
 # Also run with gradient_as_bucket_view=True: the gradients are then views into DDP's flat buckets, and the
 # native SGD kernel and torch's fused AdamW read them through data pointers and strides.
 BUCKET_VIEW_CASES = ["AdamW-fused", "SGDW-fused"]
