@@ -114,6 +114,9 @@ def _real(tensor: Tensor) -> Tensor:
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
+_PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
+
+
 def _dtensor_type() -> type | None:
     # A DTensor can only exist once torch.distributed.tensor (torch 2.4: torch.distributed._tensor) is imported;
     # looking it up rather than importing it keeps `import decoupled` from paying ~1 s for it.
@@ -132,6 +135,8 @@ def _local(tensor: Tensor, like: Tensor | None = None) -> Tensor:
     redistributed to the parameter's placements. The native kernels take data pointers and cannot take a
     DTensor (whose own data pointer is null); the local shard also spares every op DTensor's dispatch.
     """
+    if type(tensor) in _PLAIN_TENSOR_TYPES:  # the common case, checked first: this runs for every tensor, every step
+        return _real(tensor)
     dtensor = _dtensor_type()
     if dtensor is not None and isinstance(tensor, dtensor):
         if like is not None and (tensor.placements != like.placements or tensor.device_mesh != like.device_mesh):
