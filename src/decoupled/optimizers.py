@@ -10,7 +10,9 @@ Reference: I. Loshchilov and F. Hutter, "Decoupled Weight Decay Regularization",
 
 from __future__ import annotations
 
+import functools
 import inspect
+import sys
 from typing import Any, Callable, Iterable
 
 import torch
@@ -117,6 +119,60 @@ def _real(tensor: Tensor) -> Tensor:
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
+_PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def _dtensor_type() -> type | None:
+    # A DTensor can only exist once torch.distributed.tensor (torch 2.4: torch.distributed._tensor) is imported;
+    # looking it up rather than importing it keeps `import decoupled` from paying ~1 s for it.
+    for name in ("torch.distributed.tensor", "torch.distributed._tensor"):
+        dtensor = getattr(sys.modules.get(name), "DTensor", None)
+        if dtensor is not None:
+            return dtensor
+    return None
+
+
+def _local(tensor: Tensor, like: Tensor | None = None) -> Tensor:
+    """What a kernel updates in place: ``tensor`` itself, or its local shard if it is a DTensor; complex as real.
+
+    The updates are elementwise, so a DTensor (FSDP2, tensor parallel) is updated through its local shard
+    (``to_local()`` is a view: writes go through). A gradient placed unlike its parameter ``like`` is first
+    redistributed to the parameter's placements. The native kernels take data pointers and cannot take a
+    DTensor (whose own data pointer is null); the local shard also spares every op DTensor's dispatch.
+    """
+    if type(tensor) in _PLAIN_TENSOR_TYPES:  # the common case, checked first: this runs for every tensor, every step
+        return _real(tensor)
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(tensor, dtensor):
+        if like is not None and (tensor.placements != like.placements or tensor.device_mesh != like.device_mesh):
+            tensor = tensor.redistribute(like.device_mesh, like.placements)
+        tensor = tensor.to_local()
+    return _real(tensor)
+
+
+def _eager_under_compile(step: Callable[..., Any]) -> Callable[..., Any]:
+    """Make torch.compile run ``step`` eagerly (a graph break around the call) instead of tracing into it.
+
+    Tracing it gains nothing (the default kernels already make one pass over memory) and goes wrong: torch's
+    fused Adam op fails functionalization (an internal assert in torch 2.13), the native SGD kernel is a ctypes
+    call, and a scheduled lr (a Python float) would recompile the graph at every step. ``torch.compiler.disable``
+    is applied on the first call made while compiling: applied here, it would import torch._dynamo (~2 s) with
+    ``import decoupled``.
+    """
+    eager: Callable[..., Any] | None = None
+
+    @functools.wraps(step)
+    def wrapper(self: Any, closure: Callable[[], Any] | None = None) -> Any:
+        nonlocal eager
+        if not torch.compiler.is_compiling():
+            return step(self, closure)
+        if eager is None:
+            eager = torch.compiler.disable(step)
+        return eager(self, closure)
+
+    return wrapper
+
+
 def _new_step(param: Tensor) -> Tensor:
     # As torch.optim: a float32 scalar, on the CPU for CPU parameters and beside the parameter otherwise
     # (torch's fused kernels read it on the device).
@@ -192,6 +248,7 @@ class AdamW(_Optimizer):
         check_nonnegative("eps", group["eps"])
         check_bool("amsgrad", group["amsgrad"])
 
+    @_eager_under_compile
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -212,16 +269,16 @@ class AdamW(_Optimizer):
                     state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 if state["step"].device != param.device and not param.is_cpu:
                     state["step"] = state["step"].to(param.device)
-                grads.append(_real(param.grad))
-                exp_avgs.append(_real(state["exp_avg"]))
-                exp_avg_sqs.append(_real(state["exp_avg_sq"]))
+                grads.append(_local(param.grad, param))
+                exp_avgs.append(_local(state["exp_avg"]))
+                exp_avg_sqs.append(_local(state["exp_avg_sq"]))
                 if amsgrad:
-                    max_exp_avg_sqs.append(_real(state["max_exp_avg_sq"]))
+                    max_exp_avg_sqs.append(_local(state["max_exp_avg_sq"]))
                 steps.append(state["step"])
             terms = group_decay_terms(group)
             beta1, beta2 = group["betas"]
             kernels.adam(
-                [_real(p) for p in params], grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                [_local(p) for p in params], grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
                 lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                 decay_factor=terms.factor, l2=terms.l2, amsgrad=amsgrad, maximize=group["maximize"],
                 foreach=group["foreach"], fused=group["fused"],
@@ -295,6 +352,7 @@ class SGDW(_Optimizer):
         if group["nesterov"] and momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0, got momentum=0")
 
+    @_eager_under_compile
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -310,10 +368,10 @@ class SGDW(_Optimizer):
                     state = self.state[param]
                     if state.get("momentum_buffer") is None:
                         state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    buffers.append(_real(state["momentum_buffer"]))
+                    buffers.append(_local(state["momentum_buffer"]))
             terms = group_decay_terms(group)
             kernels.sgd(
-                [_real(p) for p in params], [_real(p.grad) for p in params], buffers,
+                [_local(p) for p in params], [_local(p.grad, p) for p in params], buffers,
                 lr=group["lr"], momentum=momentum, nesterov=group["nesterov"], maximize=group["maximize"],
                 decay_factor=terms.factor, l2=terms.l2, foreach=group["foreach"], fused=group["fused"],
             )  # fmt: skip
@@ -372,6 +430,7 @@ def decouple(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
             # GradScaler must unscale and skip whole steps itself: a skipped step must not decay either.
             self._step_supports_amp_scaling = False
 
+        @_eager_under_compile
         def step(self, closure: Callable[[], Any] | None = None) -> Any:
             loss = _evaluate(closure)
             saved_grads: list[tuple[Tensor, Tensor]] = []
