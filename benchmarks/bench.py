@@ -54,7 +54,6 @@ except ImportError:  # pragma: no cover
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import decoupled
 
-from decoupled.kernels import fused as _fused_kernels
 from decoupled.kernels import native as _native
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -91,12 +90,12 @@ class Impl:
 @contextlib.contextmanager
 def _torch_sgd_mapping() -> Iterator[None]:
     """Route SGDW(fused=True) to torch's fused SGD (the path CUDA tensors take) instead of the native kernel."""
-    saved = _fused_kernels.native_eligible
-    _fused_kernels.native_eligible = lambda *args: False
+    saved = _native.supports_dtype
+    _native.supports_dtype = lambda dtype: False
     try:
         yield
     finally:
-        _fused_kernels.native_eligible = saved
+        _native.supports_dtype = saved
 
 
 def _paths(family: str, device: str) -> list[tuple[str, dict[str, Any], Callable[[], Any], str]]:

@@ -112,6 +112,15 @@ def _real(tensor: Tensor) -> Tensor:
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
+def _as_real(params: list[Tensor], *others: list[Tensor]) -> tuple[list[Tensor], ...]:
+    """The lists with complex tensors as real views; the same lists when no parameter is complex (the
+    common case: one check per parameter instead of one per tensor). A grad or state tensor is complex
+    exactly when its parameter is."""
+    if not any(map(Tensor.is_complex, params)):
+        return (params, *others)
+    return tuple([_real(t) for t in tensors] for tensors in (params, *others))
+
+
 def _new_step(param: Tensor) -> Tensor:
     # As torch.optim: a float32 scalar, on the CPU for CPU parameters and beside the parameter otherwise
     # (torch's fused kernels read it on the device).
@@ -210,16 +219,19 @@ class AdamW(_Optimizer):
                     state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 if state["step"].device != param.device and not param.is_cpu:
                     state["step"] = state["step"].to(param.device)
-                grads.append(_real(param.grad))
-                exp_avgs.append(_real(state["exp_avg"]))
-                exp_avg_sqs.append(_real(state["exp_avg_sq"]))
+                grads.append(param.grad)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
                 if amsgrad:
-                    max_exp_avg_sqs.append(_real(state["max_exp_avg_sq"]))
+                    max_exp_avg_sqs.append(state["max_exp_avg_sq"])
                 steps.append(state["step"])
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = _as_real(
+                params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
+            )
             terms = group_decay_terms(group)
             beta1, beta2 = group["betas"]
             kernels.adam(
-                [_real(p) for p in params], grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
                 lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                 decay_factor=terms.factor, l2=terms.l2, amsgrad=amsgrad, maximize=group["maximize"],
                 foreach=group["foreach"], fused=group["fused"],
@@ -311,10 +323,11 @@ class SGDW(_Optimizer):
                     state = self.state[param]
                     if state.get("momentum_buffer") is None:
                         state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    buffers.append(_real(state["momentum_buffer"]))
+                    buffers.append(state["momentum_buffer"])
+            params, grads, buffers = _as_real(params, [p.grad for p in params], buffers)
             terms = group_decay_terms(group)
             kernels.sgd(
-                [_real(p) for p in params], [_real(p.grad) for p in params], buffers,
+                params, grads, buffers,
                 lr=group["lr"], momentum=momentum, nesterov=group["nesterov"], maximize=group["maximize"],
                 decay_factor=terms.factor, l2=terms.l2, foreach=group["foreach"], fused=group["fused"],
             )  # fmt: skip
