@@ -173,6 +173,19 @@ def _eager_under_compile(step: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _kernel_tensors(params: list[Tensor], grads: list[Tensor], *states: list[Tensor]) -> tuple[list[Tensor], ...]:
+    """The lists the kernels update in place: the same lists in the common case (plain real tensors: one type
+    and one complex check per parameter, not per tensor), else each tensor through :func:`_local` (DTensors as
+    their local shards, complex tensors as real views). Grads and state are of their parameter's kind."""
+    if all(type(p) in _PLAIN_TENSOR_TYPES and not p.is_complex() for p in params):
+        return (params, grads, *states)
+    return (
+        [_local(p) for p in params],
+        [_local(g, p) for g, p in zip(grads, params)],
+        *([_local(t) for t in tensors] for tensors in states),
+    )
+
+
 def _new_step(param: Tensor) -> Tensor:
     # As torch.optim: a float32 scalar, on the CPU for CPU parameters and beside the parameter otherwise
     # (torch's fused kernels read it on the device).
@@ -269,16 +282,19 @@ class AdamW(_Optimizer):
                     state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 if state["step"].device != param.device and not param.is_cpu:
                     state["step"] = state["step"].to(param.device)
-                grads.append(_local(param.grad, param))
-                exp_avgs.append(_local(state["exp_avg"]))
-                exp_avg_sqs.append(_local(state["exp_avg_sq"]))
+                grads.append(param.grad)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
                 if amsgrad:
-                    max_exp_avg_sqs.append(_local(state["max_exp_avg_sq"]))
+                    max_exp_avg_sqs.append(state["max_exp_avg_sq"])
                 steps.append(state["step"])
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = _kernel_tensors(
+                params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
+            )
             terms = group_decay_terms(group)
             beta1, beta2 = group["betas"]
             kernels.adam(
-                [_local(p) for p in params], grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
                 lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                 decay_factor=terms.factor, l2=terms.l2, amsgrad=amsgrad, maximize=group["maximize"],
                 foreach=group["foreach"], fused=group["fused"],
@@ -368,10 +384,11 @@ class SGDW(_Optimizer):
                     state = self.state[param]
                     if state.get("momentum_buffer") is None:
                         state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    buffers.append(_local(state["momentum_buffer"]))
+                    buffers.append(state["momentum_buffer"])
+            params, grads, buffers = _kernel_tensors(params, [p.grad for p in params], buffers)
             terms = group_decay_terms(group)
             kernels.sgd(
-                [_local(p) for p in params], [_local(p.grad, p) for p in params], buffers,
+                params, grads, buffers,
                 lr=group["lr"], momentum=momentum, nesterov=group["nesterov"], maximize=group["maximize"],
                 decay_factor=terms.factor, l2=terms.l2, foreach=group["foreach"], fused=group["fused"],
             )  # fmt: skip

@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["adam", "sgd"]
+__all__ = ["adam", "increment", "sgd"]
 
 
-def _increment(steps: list[Tensor]) -> None:
+def increment(steps: list[Tensor]) -> None:
+    """Add 1 to every step tensor (float scalars on one device)."""
     if steps[0].is_cpu:
         # A CPU scalar wrapped once: a plain 1 would be re-wrapped into a tensor for every step tensor.
         torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
@@ -53,7 +54,7 @@ def adam(
     if not params:
         return
     grads = _effective_grads(params, grads, maximize, l2)
-    _increment(steps)
+    increment(steps)
     if decay_factor != 0:
         torch._foreach_mul_(params, 1 - decay_factor)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)

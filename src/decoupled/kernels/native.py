@@ -24,14 +24,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from array import array
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-__all__ = ["available", "unavailable_reason", "sgd_", "supports_dtype"]
+__all__ = ["available", "unavailable_reason", "sgd_", "supports_dtype", "team_size"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "sgd.c"
-_ABI_VERSION = 1
+_ABI_VERSION = 2
+_numel, _data_ptr = Tensor.numel, Tensor.data_ptr
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 # Tried in order: the fastest flags first, then ones any C compiler takes.
 _FLAG_SETS = (
@@ -106,10 +109,11 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
             continue
         library.decoupled_sgd.restype = ctypes.c_int
         library.decoupled_sgd.argtypes = [
-            ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-            ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int, ctypes.c_int,
-            ctypes.c_double, ctypes.c_double, ctypes.c_int,
+            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int,
+            ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int,
         ]  # fmt: skip
+        library.decoupled_team_size.restype = ctypes.c_int
+        library.decoupled_team_size.argtypes = [ctypes.c_int]
         return library, ""
     return None, "could not build the native SGD kernel: " + "; ".join(errors)
 
@@ -131,10 +135,22 @@ def supports_dtype(dtype: torch.dtype) -> bool:
     return dtype != torch.float16 or bool(library.decoupled_supports_f16())
 
 
+def team_size(requested: int) -> int:
+    """How many threads a parallel region of the native kernel gets when it asks for ``requested``.
+
+    The kernel asks for ``torch.get_num_threads()``; it runs on torch's own OpenMP runtime, so this is the
+    thread count torch's kernels use too (1 when the library was built without OpenMP).
+    """
+    library = _load()[0]
+    if library is None:
+        raise RuntimeError(unavailable_reason())
+    return int(library.decoupled_team_size(requested))
+
+
 def sgd_(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    momentum_buffers: list[torch.Tensor] | None,
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor] | None,
     *,
     lr: float,
     momentum: float,
@@ -142,11 +158,14 @@ def sgd_(
     maximize: bool,
     keep: float,
     l2: float,
+    numels: list[int] | None = None,
 ) -> None:
     """One fused step over contiguous CPU tensors of one dtype (see csrc/sgd.c for the math).
 
     ``keep`` = 1 - decay factor. ``momentum_buffers`` is ignored (may be None) when ``momentum`` is 0.
-    The caller guarantees device, dtype, contiguity and matching sizes (the dispatcher checks them).
+    ``numels`` (the element counts of ``params``) may be passed when the caller has them already.
+    The caller guarantees device, dtype, contiguity and matching sizes (:func:`decoupled.kernels.fused.sgd`
+    checks them): the kernel writes through raw addresses.
     """
     library = _load()[0]
     if library is None:
@@ -154,14 +173,15 @@ def sgd_(
     count = len(params)
     if count == 0:
         return
-    pointer_array = ctypes.c_void_p * count
-    param_ptrs = pointer_array(*[t.data_ptr() for t in params])
-    grad_ptrs = pointer_array(*[t.data_ptr() for t in grads])
-    buf_ptrs = pointer_array(*[t.data_ptr() for t in momentum_buffers]) if momentum else None
-    numels = (ctypes.c_int64 * count)(*[t.numel() for t in params])
+    # One int64 table per step: element counts, then the addresses of params, grads and buffers.
+    table = array("q", numels if numels is not None else map(_numel, params))
+    table.extend(map(_data_ptr, params))
+    table.extend(map(_data_ptr, grads))
+    if momentum:
+        table.extend(map(_data_ptr, momentum_buffers))  # type: ignore[arg-type]
     status = library.decoupled_sgd(
-        count, param_ptrs, grad_ptrs, buf_ptrs, numels, _DTYPE_CODES[params[0].dtype],
-        lr, momentum, int(nesterov), int(maximize), keep, l2, torch.get_num_threads(),
+        count, table.buffer_info()[0], _DTYPE_CODES[params[0].dtype], lr, momentum, int(nesterov),
+        int(maximize), keep, l2, torch.get_num_threads(),
     )  # fmt: skip
     if status != 0:
         raise RuntimeError(f"native SGD kernel failed with status {status} (dtype {params[0].dtype})")

@@ -19,6 +19,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define CHUNK ((int64_t)1 << 15)
 #define PARALLEL_MIN_ELEMENTS ((int64_t)1 << 16)
@@ -26,58 +29,128 @@
 enum { DTYPE_F32 = 0, DTYPE_F64 = 1, DTYPE_BF16 = 2, DTYPE_F16 = 3 };
 
 typedef struct {
-    double lr, momentum, keep, l2, sign;
+    double lr, momentum, keep, l2;  /* lr and l2 carry the sign of maximize (see decoupled_sgd) */
     int has_momentum, nesterov;
 } Hyper;
 
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
+/*
+ * One element of the update, in the accumulation type ACC. With maximize, the caller has negated lr and l2:
+ * lr * (-g + l2 theta) == (-lr) * (g + (-l2) theta) exactly in IEEE arithmetic (negation is exact and
+ * a - b == -(b - a)), so no per-element sign multiply is needed and the result is bit-identical.
+ */
+#define SGD_ELEMENT(ACC, HAS_M, NESTEROV, HAS_L2, theta, grad_in, buf_io, theta_out)                       \
+    do {                                                                                                 \
+        ACC grad_ = (grad_in);                                                                           \
+        if (HAS_L2) grad_ += l2 * (theta);                                                               \
+        ACC update_;                                                                                     \
+        if (HAS_M) {                                                                                     \
+            const ACC buf_ = mu * (buf_io) + lr * grad_;                                                 \
+            (buf_io) = buf_;                                                                             \
+            update_ = NESTEROV ? mu * buf_ + lr * grad_ : buf_;                                          \
+        } else {                                                                                         \
+            update_ = lr * grad_;                                                                        \
+        }                                                                                                \
+        (theta_out) = keep * (theta) - update_;                                                          \
+    } while (0)
 
-/* Round to nearest even, NaN kept quiet: the rounding c10::BFloat16 uses. */
-static inline uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+#define HYPER_LOCALS(ACC)                                                                                \
+    const ACC lr = (ACC)h->lr, mu = (ACC)h->momentum, keep = (ACC)h->keep, l2 = (ACC)h->l2;              \
+    (void)mu; (void)l2
 
 /* One specialised loop per (element type, momentum, nesterov, l2) so the inner loop has no branches. */
 #define DEFINE_LOOP(NAME, T, ACC, LOAD, STORE, HAS_M, NESTEROV, HAS_L2)                                   \
     static void NAME(T *restrict p, const T *restrict g, T *restrict m, int64_t begin, int64_t end,      \
                      const Hyper *h) {                                                                   \
-        const ACC lr = (ACC)h->lr, mu = (ACC)h->momentum, keep = (ACC)h->keep, l2 = (ACC)h->l2;           \
-        const ACC sign = (ACC)h->sign;                                                                   \
-        (void)mu; (void)l2; (void)m;                                                                     \
+        HYPER_LOCALS(ACC);                                                                               \
+        (void)m;                                                                                         \
         for (int64_t i = begin; i < end; ++i) {                                                          \
             const ACC theta = LOAD(p[i]);                                                                \
-            ACC grad = sign * LOAD(g[i]);                                                                \
-            if (HAS_L2) grad += l2 * theta;                                                              \
-            ACC update;                                                                                  \
-            if (HAS_M) {                                                                                 \
-                const ACC buf = mu * LOAD(m[i]) + lr * grad;                                             \
-                m[i] = STORE(buf);                                                                       \
-                update = NESTEROV ? mu * buf + lr * grad : buf;                                          \
-            } else {                                                                                     \
-                update = lr * grad;                                                                      \
-            }                                                                                            \
-            p[i] = STORE(keep * theta - update);                                                         \
+            ACC buf = HAS_M ? LOAD(m[i]) : (ACC)0, out;                                                  \
+            SGD_ELEMENT(ACC, HAS_M, NESTEROV, HAS_L2, theta, LOAD(g[i]), buf, out);                      \
+            if (HAS_M) m[i] = STORE(buf);                                                                \
+            p[i] = STORE(out);                                                                           \
+        }                                                                                                \
+    }
+
+static inline float bits_to_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint32_t f32_to_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float bf16_to_f32(uint16_t h) { return bits_to_f32((uint32_t)h << 16); }
+
+/*
+ * f rounded to bfloat16 (nearest, ties to even), in the upper 16 bits of the result (the lower 16 are junk).
+ * A NaN stays a NaN (quieted, sign kept) instead of being rounded into an infinity or a zero.
+ */
+static inline uint32_t bf16_round_bits(float f) {
+    const uint32_t u = f32_to_bits(f);
+    const uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u);
+    return f != f ? (u | 0x00400000u) : rounded;
+}
+
+static inline uint16_t f32_to_bf16(float f) { return (uint16_t)(bf16_round_bits(f) >> 16); }
+
+/*
+ * bfloat16 loops work on pairs: a 32-bit word holds elements 2k (low half) and 2k+1 (high half), so the
+ * conversions are a shift or a mask per word and the results are merged back with one mask and one shift,
+ * with no packing or lane shuffles (several times fewer instructions than element-wise conversion, which
+ * made the bf16 step compute bound). Words may sit at any even address: pair_t is a 2-aligned alias.
+ */
+typedef uint32_t pair_t __attribute__((aligned(2), may_alias));
+
+#define BF16_PAIR_STEP(HAS_M, NESTEROV, HAS_L2, pw, gw, mw)                                              \
+    do {                                                                                                 \
+        const float t0 = bits_to_f32((pw) << 16), t1 = bits_to_f32((pw) & 0xffff0000u);                  \
+        const float g0 = bits_to_f32((gw) << 16), g1 = bits_to_f32((gw) & 0xffff0000u);                  \
+        float b0 = HAS_M ? bits_to_f32((mw) << 16) : 0.0f, b1 = HAS_M ? bits_to_f32((mw) & 0xffff0000u) : 0.0f; \
+        float o0, o1;                                                                                    \
+        SGD_ELEMENT(float, HAS_M, NESTEROV, HAS_L2, t0, g0, b0, o0);                                     \
+        SGD_ELEMENT(float, HAS_M, NESTEROV, HAS_L2, t1, g1, b1, o1);                                     \
+        if (HAS_M) (mw) = (bf16_round_bits(b1) & 0xffff0000u) | (bf16_round_bits(b0) >> 16);             \
+        (pw) = (bf16_round_bits(o1) & 0xffff0000u) | (bf16_round_bits(o0) >> 16);                        \
+    } while (0)
+
+#define DEFINE_BF16_LOOP(NAME, HAS_M, NESTEROV, HAS_L2)                                                   \
+    static void NAME(uint16_t *restrict p, const uint16_t *restrict g, uint16_t *restrict m,             \
+                     int64_t begin, int64_t end, const Hyper *h) {                                       \
+        HYPER_LOCALS(float);                                                                             \
+        (void)m;                                                                                         \
+        int64_t i = begin;                                                                               \
+        for (; i < end && (i & 1); ++i) { /* odd start: one element alone (chunks start even) */        \
+            float buf = HAS_M ? bf16_to_f32(m[i]) : 0.0f, out;                                           \
+            SGD_ELEMENT(float, HAS_M, NESTEROV, HAS_L2, bf16_to_f32(p[i]), bf16_to_f32(g[i]), buf, out); \
+            if (HAS_M) m[i] = f32_to_bf16(buf);                                                          \
+            p[i] = f32_to_bf16(out);                                                                     \
+        }                                                                                                \
+        pair_t *restrict pp = (pair_t *)(p + i);                                                         \
+        const pair_t *restrict gp = (const pair_t *)(g + i);                                             \
+        pair_t *restrict mp = HAS_M ? (pair_t *)(m + i) : NULL;                                          \
+        const int64_t pairs = (end - i) / 2;                                                             \
+        for (int64_t k = 0; k < pairs; ++k) {                                                            \
+            uint32_t pw = pp[k], mw = HAS_M ? mp[k] : 0u;                                                \
+            BF16_PAIR_STEP(HAS_M, NESTEROV, HAS_L2, pw, gp[k], mw);                                      \
+            if (HAS_M) mp[k] = mw;                                                                       \
+            pp[k] = pw;                                                                                  \
+        }                                                                                                \
+        for (i += 2 * pairs; i < end; ++i) { /* odd end */                                               \
+            float buf = HAS_M ? bf16_to_f32(m[i]) : 0.0f, out;                                           \
+            SGD_ELEMENT(float, HAS_M, NESTEROV, HAS_L2, bf16_to_f32(p[i]), bf16_to_f32(g[i]), buf, out); \
+            if (HAS_M) m[i] = f32_to_bf16(buf);                                                          \
+            p[i] = f32_to_bf16(out);                                                                     \
         }                                                                                                \
     }
 
 #define IDENTITY(x) (x)
 
-#define DEFINE_TYPE(SUFFIX, T, ACC, LOAD, STORE)                                                         \
-    DEFINE_LOOP(loop_##SUFFIX##_000, T, ACC, LOAD, STORE, 0, 0, 0)                                        \
-    DEFINE_LOOP(loop_##SUFFIX##_001, T, ACC, LOAD, STORE, 0, 0, 1)                                        \
-    DEFINE_LOOP(loop_##SUFFIX##_100, T, ACC, LOAD, STORE, 1, 0, 0)                                        \
-    DEFINE_LOOP(loop_##SUFFIX##_101, T, ACC, LOAD, STORE, 1, 0, 1)                                        \
-    DEFINE_LOOP(loop_##SUFFIX##_110, T, ACC, LOAD, STORE, 1, 1, 0)                                        \
-    DEFINE_LOOP(loop_##SUFFIX##_111, T, ACC, LOAD, STORE, 1, 1, 1)                                        \
+#define DEFINE_RUN(SUFFIX, T)                                                                            \
     static void run_##SUFFIX(void *p, const void *g, void *m, int64_t b, int64_t e, const Hyper *h) {    \
         const int l2 = h->l2 != 0.0;                                                                     \
         if (!h->has_momentum) {                                                                          \
@@ -89,9 +162,24 @@ static inline uint16_t f32_to_bf16(float f) {
         }                                                                                                \
     }
 
+#define DEFINE_TYPE(SUFFIX, T, ACC, LOAD, STORE)                                                         \
+    DEFINE_LOOP(loop_##SUFFIX##_000, T, ACC, LOAD, STORE, 0, 0, 0)                                        \
+    DEFINE_LOOP(loop_##SUFFIX##_001, T, ACC, LOAD, STORE, 0, 0, 1)                                        \
+    DEFINE_LOOP(loop_##SUFFIX##_100, T, ACC, LOAD, STORE, 1, 0, 0)                                        \
+    DEFINE_LOOP(loop_##SUFFIX##_101, T, ACC, LOAD, STORE, 1, 0, 1)                                        \
+    DEFINE_LOOP(loop_##SUFFIX##_110, T, ACC, LOAD, STORE, 1, 1, 0)                                        \
+    DEFINE_LOOP(loop_##SUFFIX##_111, T, ACC, LOAD, STORE, 1, 1, 1)                                        \
+    DEFINE_RUN(SUFFIX, T)
+
 DEFINE_TYPE(f32, float, float, IDENTITY, IDENTITY)
 DEFINE_TYPE(f64, double, double, IDENTITY, IDENTITY)
-DEFINE_TYPE(bf16, uint16_t, float, bf16_to_f32, f32_to_bf16)
+DEFINE_BF16_LOOP(loop_bf16_000, 0, 0, 0)
+DEFINE_BF16_LOOP(loop_bf16_001, 0, 0, 1)
+DEFINE_BF16_LOOP(loop_bf16_100, 1, 0, 0)
+DEFINE_BF16_LOOP(loop_bf16_101, 1, 0, 1)
+DEFINE_BF16_LOOP(loop_bf16_110, 1, 1, 0)
+DEFINE_BF16_LOOP(loop_bf16_111, 1, 1, 1)
+DEFINE_RUN(bf16, uint16_t)
 #ifdef __FLT16_MAX__
 #define F16_TO_F32(x) ((float)(x))
 #define F32_TO_F16(x) ((_Float16)(x))
@@ -100,7 +188,7 @@ DEFINE_TYPE(f16, _Float16, float, F16_TO_F32, F32_TO_F16)
 
 typedef void (*RunFn)(void *, const void *, void *, int64_t, int64_t, const Hyper *);
 
-int decoupled_abi_version(void) { return 1; }
+int decoupled_abi_version(void) { return 2; }
 
 int decoupled_supports_f16(void) {
 #ifdef __FLT16_MAX__
@@ -110,13 +198,27 @@ int decoupled_supports_f16(void) {
 #endif
 }
 
+/* The number of threads a parallel region of this library gets when asked for `requested` (for tests). */
+int decoupled_team_size(int requested) {
+    int size = 1;
+#pragma omp parallel num_threads(requested) if (requested > 1)
+    {
+#ifdef _OPENMP
+#pragma omp single
+        size = omp_get_num_threads();
+#endif
+    }
+    return size;
+}
+
 /*
- * params, grads, bufs: arrays of n data pointers (bufs ignored without momentum); numels: elements of each.
+ * One step over n tensors described by `table`, 3n int64 (4n with momentum) laid out as
+ *     numels[n], params[n], grads[n], bufs[n]
+ * (element counts, then data addresses; one array so that Python builds one buffer per step).
  * Returns 0 on success, -1 for an unknown dtype, -2 when memory for the chunk table cannot be had.
  */
-int decoupled_sgd(int64_t n, void *const *params, const void *const *grads, void *const *bufs,
-                  const int64_t *numels, int dtype, double lr, double momentum, int nesterov, int maximize,
-                  double keep, double l2, int num_threads) {
+int decoupled_sgd(int64_t n, const int64_t *table, int dtype, double lr, double momentum, int nesterov,
+                  int maximize, double keep, double l2, int num_threads) {
     RunFn run;
     switch (dtype) {
         case DTYPE_F32: run = run_f32; break;
@@ -127,7 +229,10 @@ int decoupled_sgd(int64_t n, void *const *params, const void *const *grads, void
 #endif
         default: return -1;
     }
-    const Hyper h = {lr, momentum, keep, l2, maximize ? -1.0 : 1.0, momentum != 0.0, nesterov != 0};
+    /* maximize: the update uses -grad; fold the sign into lr and l2 (exact, see SGD_ELEMENT). */
+    const double sign = maximize ? -1.0 : 1.0;
+    const Hyper h = {sign * lr, momentum, keep, sign * l2, momentum != 0.0, nesterov != 0};
+    const int64_t *numels = table, *params = table + n, *grads = table + 2 * n, *bufs = table + 3 * n;
 
     int64_t chunks = 0, total = 0;
     for (int64_t t = 0; t < n; ++t) {
@@ -144,12 +249,15 @@ int decoupled_sgd(int64_t n, void *const *params, const void *const *grads, void
             chunk_begin[c] = b;
         }
 
+    /* Contiguous blocks of chunks per thread (schedule static): each thread streams through its share. */
     const int threads = (total >= PARALLEL_MIN_ELEMENTS && num_threads > 1) ? num_threads : 1;
+    (void)threads; /* unused when built without OpenMP */
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t c = 0; c < chunks; ++c) {
         const int64_t t = chunk_tensor[c], b = chunk_begin[c];
         const int64_t e = b + CHUNK < numels[t] ? b + CHUNK : numels[t];
-        run(params[t], grads[t], h.has_momentum ? bufs[t] : NULL, b, e, &h);
+        run((void *)(intptr_t)params[t], (const void *)(intptr_t)grads[t],
+            h.has_momentum ? (void *)(intptr_t)bufs[t] : NULL, b, e, &h);
     }
     free(chunk_tensor);
     return 0;

@@ -1,0 +1,324 @@
+"""Every kernel path against the for-loop path, parameters AND state, over 40+ scheduled steps.
+
+Paths: the default (auto) choice, foreach, fused Adam (torch's fused kernel, mapped), fused SGD on the native C
+kernel, and fused SGD on torch's fused SGD (the mapping CUDA tensors take; forced here by hiding the native
+kernel). Each run mixes what breaks kernels: a parameter whose grad stays None, one whose grad appears late,
+an empty tensor, a non-contiguous (transposed) tensor, a contiguous view at an odd offset, a tensor spanning
+several native chunks with an odd length, a complex parameter, and badly scaled gradients; the learning rate
+follows a warm-restart schedule so that the decay conventions differ. Also: the native kernel gives
+bit-identical results at 1 and 2 threads, runs on torch's own OpenMP runtime and honours
+torch.set_num_threads, and never runs on tensors it cannot address safely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import torch
+
+import decoupled
+from decoupled.kernels import native
+
+STEPS = 42
+DECAYS = ("decoupled", "lr", "constant", "l2")
+DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16}
+# (rtol, atol) against the for-loop path: round-off of a different order of operations.
+TOLERANCES = {torch.float64: (1e-10, 1e-12), torch.float32: (2e-5, 1e-6)}
+# bfloat16: the for-loop path in bf16 is no exact reference (it rounds every intermediate tensor op to 8 bits:
+# a decay factor of 1 - 1e-4 rounds away, 0.999 * v rounds to v), so every bf16 path, the for-loop included,
+# is compared with the for-loop path run in float32 from the same bf16 values and gradients. The error of a
+# tensor is max |x - reference| / max |reference|; a path passes when its error is at most
+# 1.5 x the bf16 for-loop path's error + 2^-4 (measured worst: 0.08 vs 0.023, torch's own foreach Adam).
+BF16_FACTOR, BF16_SLACK = 1.5, 2.0**-4
+
+native_only = pytest.mark.skipif(not native.available(), reason=f"native kernel: {native.unavailable_reason()}")
+
+
+@contextlib.contextmanager
+def _torch_sgd_mapping() -> Iterator[None]:
+    """fused=True SGD on torch's fused SGD kernel (the CUDA path), with the native kernel hidden."""
+    saved = native.supports_dtype
+    native.supports_dtype = lambda dtype: False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        native.supports_dtype = saved  # type: ignore[assignment]
+
+
+# name -> (optimizer kwargs, context); "forloop" is the reference every other path is compared with.
+ADAM_PATHS: dict[str, tuple[dict[str, Any], Callable[[], Any]]] = {
+    "default": ({}, contextlib.nullcontext),
+    "foreach": ({"foreach": True}, contextlib.nullcontext),
+    "fused": ({"fused": True}, contextlib.nullcontext),
+}
+SGD_PATHS: dict[str, tuple[dict[str, Any], Callable[[], Any]]] = {
+    "default": ({}, contextlib.nullcontext),
+    "foreach": ({"foreach": True}, contextlib.nullcontext),
+    "fused-native": ({"fused": True}, contextlib.nullcontext),
+    "fused-torch": ({"fused": True}, _torch_sgd_mapping),
+}
+FORLOOP = {"foreach": False, "fused": False}
+
+ADAM_OPTIONS = {
+    "plain": {"lr": 1e-2, "weight_decay": 1e-2},
+    "amsgrad-maximize": {"lr": 1e-2, "weight_decay": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6, "amsgrad": True, "maximize": True},
+}  # fmt: skip
+SGD_OPTIONS = {
+    "momentum": {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-2},
+    "nesterov-maximize": {"lr": 0.05, "momentum": 0.8, "nesterov": True, "maximize": True, "weight_decay": 1e-2},
+    "no-momentum": {"lr": 0.05, "momentum": 0.0, "weight_decay": 1e-2},
+}
+
+
+def _lr_multiplier(step: int) -> float:
+    """Cosine warm restarts (period 15) between 0.05 and 1: the schedule eta_t."""
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step % 15) / 15))
+
+
+def _make_params(dtype: torch.dtype) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(1234)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
+
+    params = [
+        randn(7, 13),  # plain
+        randn(40_001),  # odd length, across native chunks (32768 elements)
+        randn(0, 3),  # empty
+        randn(6, 5).t(),  # non-contiguous (a transposed weight)
+        randn(1001)[1:],  # contiguous view at an odd element offset (bf16: not 4-byte aligned)
+        randn(4, 4),  # grad stays None: must not move, must get no state
+        randn(9),  # grad None for the first 10 steps, then set (frozen, then unfrozen)
+    ]
+    if dtype != torch.bfloat16:  # no complex bfloat16
+        params.append(torch.complex(randn(3, 4), randn(3, 4)))
+    return [p.requires_grad_() for p in params]
+
+
+@functools.lru_cache(maxsize=None)
+def _gradients(dtype: torch.dtype) -> tuple[tuple[torch.Tensor | None, ...], ...]:
+    """The gradients of every step (made once per dtype; the kernels never write to gradients)."""
+    generator = torch.Generator().manual_seed(99)
+    steps = []
+    for step in range(STEPS):
+        grads: list[torch.Tensor | None] = []
+        for index, param in enumerate(_make_params(dtype)):
+            if index == 5 or (index == 6 and step < 10):
+                grads.append(None)
+                continue
+            scale = 10.0 ** ((index % 4) - 2)  # badly scaled: 1e-2 .. 10
+            shape = param.shape + ((2,) if param.is_complex() else ())
+            real = torch.randn(shape, generator=generator, dtype=torch.float64)
+            grad = (scale * (torch.view_as_complex(real) if param.is_complex() else real)).to(param.dtype)
+            if index == 3:  # the transposed parameter gets a transposed (non-contiguous) gradient too
+                grad = grad.t().contiguous().t()
+            grads.append(grad)
+        steps.append(tuple(grads))
+    return tuple(steps)
+
+
+def _reference(cls: type, dtype: torch.dtype, options_name: str, decay: str) -> tuple[list, list]:
+    """The for-loop run every other path is compared with (cached: each is compared with several paths)."""
+    key = (cls, dtype, options_name, decay)
+    if key not in _REFERENCES:
+        options = (ADAM_OPTIONS if cls is decoupled.AdamW else SGD_OPTIONS)[options_name]
+        if dtype == torch.bfloat16:  # (the upcast reference, the bf16 for-loop path's own errors)
+            upcast = _run(cls, dtype, options, decay, FORLOOP, compute_dtype=torch.float32)
+            _REFERENCES[key] = (upcast, _relative_errors(_run(cls, dtype, options, decay, FORLOOP), upcast))
+        else:
+            _REFERENCES[key] = _run(cls, dtype, options, decay, FORLOOP)
+    return _REFERENCES[key]
+
+
+_REFERENCES: dict[tuple, Any] = {}
+
+
+def _tensors(run: tuple[list, list]) -> dict[str, torch.Tensor]:
+    """Every parameter and state tensor of a run, by name."""
+    params, states = run
+    named = {f"param {i}": p for i, p in enumerate(params)}
+    named.update({f"state {key!r} of param {i}": t for i, state in enumerate(states) for key, t in state.items()})
+    return named
+
+
+def _relative_errors(run: tuple[list, list], reference: tuple[list, list]) -> dict[str, float]:
+    expected = _tensors(reference)
+    errors = {}
+    for name, tensor in _tensors(run).items():
+        ref = expected[name].double()
+        scale = ref.abs().max().item() if ref.numel() else 0.0
+        errors[name] = (tensor.double() - ref).abs().max().item() / scale if scale else 0.0
+    return errors
+
+
+def _run(cls: type, dtype: torch.dtype, options: dict[str, Any], decay: str, path: dict[str, Any],
+         context: Callable[[], Any] = contextlib.nullcontext, compute_dtype: torch.dtype | None = None,
+         ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:  # fmt: skip
+    """42 scheduled steps on the problem in ``dtype`` (run in ``compute_dtype`` when given: the upcast reference)."""
+    params = _make_params(dtype)
+    if compute_dtype is not None:
+        params = [p.detach().to(compute_dtype).requires_grad_() for p in params]
+    optimizer = cls(params, decay=decay, **options, **path)
+    base_lr = optimizer.param_groups[0]["lr"]
+    with context():
+        for step, grads in enumerate(_gradients(dtype)):
+            optimizer.param_groups[0]["lr"] = base_lr * _lr_multiplier(step)
+            for param, grad in zip(params, grads):
+                param.grad = None if grad is None else grad.to(param.dtype)
+            optimizer.step()
+    return params, [dict(optimizer.state[p]) for p in params]
+
+
+def _assert_close(actual: tuple[list, list], expected: Any, dtype: torch.dtype) -> None:
+    assert actual[1][5] == {}, "a parameter without grad must get no state"
+    if dtype == torch.bfloat16:
+        upcast, forloop_errors = expected
+        assert _tensors(actual).keys() == _tensors(upcast).keys()
+        for name, error in _relative_errors(actual, upcast).items():
+            bound = BF16_FACTOR * forloop_errors[name] + BF16_SLACK
+            assert error <= bound, f"{name}: relative error {error:.4f} > {bound:.4f} (bf16 for-loop: {forloop_errors[name]:.4f})"
+        return
+    rtol, atol = TOLERANCES[dtype]
+    tensors, reference = _tensors(actual), _tensors(expected)
+    assert tensors.keys() == reference.keys()
+    for name, ref in reference.items():
+        torch.testing.assert_close(tensors[name], ref, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("decay", DECAYS)
+@pytest.mark.parametrize("options", ADAM_OPTIONS)
+@pytest.mark.parametrize("path", ADAM_PATHS)
+def test_adamw_path_matches_forloop(path: str, options: str, decay: str, dtype: torch.dtype) -> None:
+    expected = _reference(decoupled.AdamW, dtype, options, decay)
+    kwargs, context = ADAM_PATHS[path]
+    _assert_close(_run(decoupled.AdamW, dtype, ADAM_OPTIONS[options], decay, kwargs, context), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("decay", DECAYS)
+@pytest.mark.parametrize("options", SGD_OPTIONS)
+@pytest.mark.parametrize("path", SGD_PATHS)
+def test_sgdw_path_matches_forloop(path: str, options: str, decay: str, dtype: torch.dtype) -> None:
+    if path == "fused-native" and not native.available():
+        pytest.skip(native.unavailable_reason())
+    expected = _reference(decoupled.SGDW, dtype, options, decay)
+    kwargs, context = SGD_PATHS[path]
+    _assert_close(_run(decoupled.SGDW, dtype, SGD_OPTIONS[options], decay, kwargs, context), expected, dtype)
+
+
+@pytest.mark.parametrize("cls, options", [(decoupled.AdamW, ADAM_OPTIONS["plain"]), (decoupled.SGDW, SGD_OPTIONS["momentum"])])
+def test_mixed_dtype_group_matches_forloop(cls: type, options: dict) -> None:
+    """A group mixing dtypes goes through the dispatcher's grouping (not its one-dtype fast path)."""
+
+    def run(path: dict[str, Any]) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(5)
+        params = [torch.randn(50, generator=generator).to(dtype).requires_grad_() for dtype in (torch.float32, torch.float64, torch.float32)]
+        optimizer = cls(params, **options, **path)
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator).to(p.dtype)
+            optimizer.step()
+        return params
+
+    for actual, expected in zip(run({}), run(FORLOOP)):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The native kernel: threads, OpenMP runtime, safety
+
+
+def _native_run(dtype: torch.dtype, options: dict[str, Any], threads: int) -> list[torch.Tensor]:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(7)
+        # 200k elements in tensors of odd sizes: above the kernel's parallel threshold, many chunks per thread.
+        params = [torch.randn(n, generator=generator).to(dtype).requires_grad_() for n in (100_003, 65_537, 31, 34_567)]
+        optimizer = decoupled.SGDW(params, fused=True, **options)
+        base_lr = optimizer.param_groups[0]["lr"]
+        for step in range(STEPS):
+            optimizer.param_groups[0]["lr"] = base_lr * _lr_multiplier(step)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator).to(dtype)
+            optimizer.step()
+        return [*params, *(optimizer.state[p]["momentum_buffer"] for p in params if optimizer.state[p])]
+    finally:
+        torch.set_num_threads(saved)
+
+
+@native_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("options", SGD_OPTIONS.values(), ids=SGD_OPTIONS.keys())
+def test_native_kernel_identical_at_1_and_2_threads(options: dict, dtype: torch.dtype) -> None:
+    if not native.supports_dtype(dtype):
+        pytest.skip(f"native kernel built without {dtype}")
+    one, two = _native_run(dtype, options, 1), _native_run(dtype, options, 2)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+@native_only
+def test_native_kernel_honours_torch_threads() -> None:
+    saved = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert native.team_size(torch.get_num_threads()) == threads
+    finally:
+        torch.set_num_threads(saved)
+
+
+@native_only
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_native_kernel_shares_torchs_openmp_runtime() -> None:
+    native.team_size(2)  # loaded and run
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line or "libomp" in line}
+    assert len(runtimes) == 1, f"more than one OpenMP runtime mapped: {sorted(runtimes)}"
+
+
+@pytest.mark.parametrize(
+    "cls, options, key",
+    [
+        (decoupled.AdamW, {}, "exp_avg"),
+        (decoupled.AdamW, {}, "grad"),
+        (decoupled.SGDW, {"lr": 0.1}, "momentum_buffer"),
+        (decoupled.SGDW, {"lr": 0.1}, "grad"),
+    ],
+    ids=["AdamW-exp_avg", "AdamW-grad", "SGDW-momentum_buffer", "SGDW-grad"],
+)
+def test_fused_paths_refuse_mismatched_sizes(cls: type, options: dict, key: str) -> None:
+    """A state tensor of the wrong size (e.g. from a checkpoint of another model) must raise, not reach a
+    kernel that writes through it as if it had the parameter's size (torch's fused CPU SGD and AdamW do
+    not check: a 5-element momentum buffer for a 10-element parameter corrupts the heap)."""
+    param = torch.zeros(10, requires_grad=True)
+    param.grad = torch.ones(10)
+    optimizer = cls([param], fused=True, **options)
+    optimizer.step()
+    if key == "grad":
+        param.grad = torch.ones(10)
+        param.grad.resize_(5)  # the grad setter checks sizes; an in-place resize slips through
+    else:
+        optimizer.state[param][key] = torch.zeros(5)
+    with pytest.raises(RuntimeError, match="does not match its parameter"):
+        optimizer.step()
+
+
+@native_only
+def test_native_path_splits_a_group_by_layout() -> None:
+    """One non-contiguous parameter sends only itself to torch's kernel (the rest stay on the native one)."""
+    from decoupled.kernels import fused
+
+    params = [torch.randn(8, 4), torch.randn(4, 8).t(), torch.randn(3)]
+    grads = [torch.randn(p.shape) for p in params]
+    buffers = [torch.zeros_like(p) for p in params]
+    assert not fused.native_eligible(params, grads, buffers)
+    assert fused.native_eligible(params[::2], grads[::2], buffers[::2])
