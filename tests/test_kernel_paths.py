@@ -322,3 +322,26 @@ def test_native_path_splits_a_group_by_layout() -> None:
     buffers = [torch.zeros_like(p) for p in params]
     assert not fused.native_eligible(params, grads, buffers)
     assert fused.native_eligible(params[::2], grads[::2], buffers[::2])
+
+
+BF16_DECAY_MAKERS = {
+    "AdamW-foreach": lambda p: decoupled.AdamW(p, lr=1e-3, weight_decay=0.01, decay="constant", foreach=True),
+    "AdamW-fused-lr-0": lambda p: decoupled.AdamW(p, lr=1e-3, weight_decay=0.01, decay="constant", fused=True),
+    "SGDW-foreach": lambda p: decoupled.SGDW(p, lr=0.1, weight_decay=0.01, decay="constant", foreach=True),
+    "SGDW-fused-torch": lambda p: decoupled.SGDW(p, lr=0.1, weight_decay=0.01, decay="constant", fused=True),
+    "decouple(Adam)": lambda p: decoupled.decouple(torch.optim.Adam)(p, lr=1e-3, weight_decay=0.01, decay="constant"),
+}
+
+
+@pytest.mark.parametrize("name", BF16_DECAY_MAKERS)
+def test_bf16_decay_factor_is_applied_in_float32(name: str) -> None:
+    """A zero step isolates the decay: theta <- round_bf16(0.99 * theta), not theta * round_bf16(0.99)."""
+    theta = torch.randn(1000, generator=torch.Generator().manual_seed(0)).bfloat16()
+    param = torch.nn.Parameter(theta.clone())
+    optimizer = BF16_DECAY_MAKERS[name]([param])
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0  # no step, only the ("constant") decay
+    param.grad = torch.zeros_like(param)
+    with _torch_sgd_mapping() if name == "SGDW-fused-torch" else contextlib.nullcontext():
+        optimizer.step()
+    assert torch.equal(param.detach(), (theta.float() * 0.99).bfloat16())

@@ -457,8 +457,7 @@ def decouple(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
                     if not params:
                         continue
                     terms = group_decay_terms(group)
-                    if terms.factor != 0:
-                        torch._foreach_mul_(params, 1 - terms.factor)
+                    kernels.decay_([_local(p) for p in params], terms.factor)
                     if terms.l2 != 0:
                         for p in params:
                             saved_grads.append((p, p.grad))

@@ -33,7 +33,7 @@ from . import forloop as _forloop
 from . import fused as _fused
 from . import native
 
-__all__ = ["IMPLEMENTATIONS", "adam", "sgd", "resolve", "native"]
+__all__ = ["IMPLEMENTATIONS", "adam", "decay_", "sgd", "resolve", "native"]
 
 IMPLEMENTATIONS: tuple[str, ...] = ("forloop", "foreach", "fused")
 _MODULES = {"forloop": _forloop, "foreach": _foreach, "fused": _fused}
@@ -158,3 +158,12 @@ def sgd(
     hyper = dict(lr=lr, momentum=momentum, nesterov=nesterov, maximize=maximize)
     lists = [params, grads, momentum_buffers if momentum != 0 else []]
     _run("sgd", lists, foreach, fused, dict(hyper, decay_factor=decay_factor, l2=l2))
+
+
+def decay_(params: list[Tensor], decay_factor: float) -> None:
+    """theta <- (1 - decay_factor) theta for every tensor, once per step (the decay :func:`decoupled.decouple`
+    applies before the inner optimizer's step); one multiply per device and dtype."""
+    if not params or decay_factor == 0:
+        return
+    for (bucket, *_), _ in _group_tensors_by_device_and_dtype([params]).values():
+        _foreach.decay_(bucket, decay_factor)

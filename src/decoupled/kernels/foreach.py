@@ -13,6 +13,22 @@ from torch import Tensor
 __all__ = ["adam", "increment", "sgd"]
 
 
+_REDUCED_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def decay_(params: list[Tensor], decay_factor: float) -> None:
+    """theta <- (1 - decay_factor) theta for tensors of one device and dtype.
+
+    For bfloat16/float16 the factor is passed as a float32 tensor: ``_foreach_mul_`` rounds a Python scalar to
+    the tensors' dtype first, so a bf16 decay of 0.01 would become 1 - 0.98828 = 0.0117 (17% too strong).
+    """
+    first = params[0]
+    keep: float | Tensor = 1 - decay_factor
+    if first.dtype in _REDUCED_PRECISION:
+        keep = torch.tensor(keep, dtype=torch.float32, device=first.device)
+    torch._foreach_mul_(params, keep)
+
+
 def increment(steps: list[Tensor]) -> None:
     """Add 1 to every step tensor (float scalars on one device)."""
     if steps[0].is_cpu:
@@ -56,7 +72,7 @@ def adam(
     grads = _effective_grads(params, grads, maximize, l2)
     increment(steps)
     if decay_factor != 0:
-        torch._foreach_mul_(params, 1 - decay_factor)
+        decay_(params, decay_factor)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
@@ -90,7 +106,7 @@ def sgd(
         return
     grads = _effective_grads(params, grads, maximize, l2)
     if decay_factor != 0:
-        torch._foreach_mul_(params, 1 - decay_factor)
+        decay_(params, decay_factor)
     if momentum == 0:
         torch._foreach_add_(params, grads, alpha=-lr)
         return

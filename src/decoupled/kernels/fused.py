@@ -50,7 +50,7 @@ def adam(
     _check_sizes(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [])
     if decay_factor != 0 and lr == 0:
         # wd = factor / lr is undefined; the Adam step itself is zero, so only the decay remains.
-        torch._foreach_mul_(params, 1 - decay_factor)
+        foreach.decay_(params, decay_factor)
         decay_factor = 0.0
     foreach.increment(steps)  # a CPU scalar wrapped once: 4x faster than a plain 1 on many CPU step tensors
     kernel = torch._fused_adam_ if l2 != 0 else torch._fused_adamw_
@@ -182,7 +182,7 @@ def sgd_torch(
         )  # fmt: skip
         return
     if decay_factor != 0:
-        torch._foreach_mul_(params, 1 - decay_factor)
+        foreach.decay_(params, decay_factor)
     # With momentum: buf = mu buf + lr (g + l2 theta); theta -= buf. Without: theta -= lr (g + l2 theta).
     step_lr, dampening = (1.0, 1.0 - lr) if momentum != 0 else (lr, 0.0)
     torch._fused_sgd_(
