@@ -345,3 +345,22 @@ def test_bf16_decay_factor_is_applied_in_float32(name: str) -> None:
     with _torch_sgd_mapping() if name == "SGDW-fused-torch" else contextlib.nullcontext():
         optimizer.step()
     assert torch.equal(param.detach(), (theta.float() * 0.99).bfloat16())
+
+
+@native_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_native_kernel_keeps_nan_and_inf_where_the_forloop_path_has_them(dtype: torch.dtype) -> None:
+    values = [1.0, float("nan"), float("inf"), -float("inf"), 2.0, 3.0, 0.0, -1.0, 5.0]
+    grads = [float("nan"), 1.0, float("inf"), 1.0, -float("inf"), float("nan"), 1.0, 1.0, 0.5]
+    runs = []
+    for path in ({}, FORLOOP):
+        param = torch.nn.Parameter(torch.tensor(values).to(dtype))
+        optimizer = decoupled.SGDW([param], lr=0.1, momentum=0.9, weight_decay=0.01, **path)
+        for _ in range(2):
+            param.grad = torch.tensor(grads).to(dtype)
+            optimizer.step()
+        runs.append((param.detach(), optimizer.state[param]["momentum_buffer"]))
+    (ours, ours_buf), (theirs, theirs_buf) = runs
+    assert torch.equal(ours.isnan(), theirs.isnan()) and torch.equal(ours.isinf(), theirs.isinf())
+    assert torch.equal(ours_buf.isnan(), theirs_buf.isnan()) and torch.equal(ours_buf.isinf(), theirs_buf.isinf())
+    assert torch.equal(ours[ours.isinf()], theirs[theirs.isinf()])  # the same infinities, signs included
