@@ -121,3 +121,14 @@ def build_groups(values: list[torch.Tensor], dtype: torch.dtype, base_lr: float)
         members = [p for p, (g, _, _) in zip(params, PARAM_SPECS) if g == group_index]
         groups.append({"params": members, "lr": base_lr * hyper["lr_scale"], "weight_decay": hyper["weight_decay"]})
     return groups, params
+
+
+# Whole-optimizer cases for the integration tests (amp, compile): AdamW and SGDW on every kernel path, and
+# decouple()-made optimizers. Tests add the extra cases they need to a copy.
+INTEGRATION_CASES: dict[str, Callable[[Any], torch.optim.Optimizer]] = {}
+for _path, _options in PATHS.items():
+    INTEGRATION_CASES[f"AdamW-{_path}"] = lambda p, o=_options: decoupled.AdamW(p, lr=1e-2, weight_decay=0.05, **o)
+    INTEGRATION_CASES[f"SGDW-{_path}"] = lambda p, o=_options: decoupled.SGDW(
+        p, lr=0.1, momentum=0.9, weight_decay=0.05, **o
+    )
+INTEGRATION_CASES["decouple(Adam)"] = lambda p: decoupled.decouple(torch.optim.Adam)(p, lr=1e-2, weight_decay=0.05)

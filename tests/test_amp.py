@@ -15,16 +15,11 @@ import torch
 from torch import nn
 
 import decoupled
+from cases import INTEGRATION_CASES
 
-PATHS = {"forloop": dict(foreach=False, fused=False), "foreach": dict(foreach=True), "fused": dict(fused=True),
-         "default": {}}  # fmt: skip
-CASES = {}
-for _path, _kw in PATHS.items():
-    CASES[f"AdamW-{_path}"] = lambda p, kw=_kw: decoupled.AdamW(p, lr=1e-2, weight_decay=0.05, **kw)
-    CASES[f"SGDW-{_path}"] = lambda p, kw=_kw: decoupled.SGDW(p, lr=0.1, momentum=0.9, weight_decay=0.05, **kw)
+CASES = dict(INTEGRATION_CASES)
 CASES["AdamW-fused-l2"] = lambda p: decoupled.AdamW(p, lr=1e-2, weight_decay=0.05, decay="l2", fused=True)
 CASES["SGDW-fused-lr"] = lambda p: decoupled.SGDW(p, lr=0.1, weight_decay=0.5, decay="lr", fused=True)
-CASES["decouple(Adam)"] = lambda p: decoupled.decouple(torch.optim.Adam)(p, lr=1e-2, weight_decay=0.05)
 CASES["decouple(Adam, fused)"] = lambda p: decoupled.decouple(torch.optim.Adam)(
     p, lr=1e-2, weight_decay=0.05, fused=True
 )

@@ -18,14 +18,9 @@ import torch._dynamo as torch_dynamo
 from torch import nn
 
 import decoupled
+from cases import INTEGRATION_CASES
 
-PATHS = {"forloop": dict(foreach=False, fused=False), "foreach": dict(foreach=True), "fused": dict(fused=True),
-         "default": {}}  # fmt: skip
-CASES = {}
-for _path, _kw in PATHS.items():
-    CASES[f"AdamW-{_path}"] = lambda p, kw=_kw: decoupled.AdamW(p, lr=1e-2, weight_decay=0.05, **kw)
-    CASES[f"SGDW-{_path}"] = lambda p, kw=_kw: decoupled.SGDW(p, lr=0.1, momentum=0.9, weight_decay=0.05, **kw)
-CASES["decouple(Adam)"] = lambda p: decoupled.decouple(torch.optim.Adam)(p, lr=1e-2, weight_decay=0.05)
+CASES = dict(INTEGRATION_CASES)
 CASES["decouple(SGD)-l2"] = lambda p: decoupled.decouple(torch.optim.SGD)(p, lr=0.1, weight_decay=0.05, decay="l2")
 STEPS = 4
 
