@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from decoupled.cli import main
-from decoupled.experiments.backends import WorkerSetup, make_backend
+from decoupled.experiments.backends import BackendError, RunFailed, WorkerSetup, make_backend
 from decoupled.experiments.config import load_sweep_config
 from decoupled.experiments.progress import PlainProgress
 from decoupled.experiments.ray_backend import (
@@ -25,6 +25,7 @@ from decoupled.experiments.ray_backend import (
 )  # fmt: skip
 from decoupled.experiments.store import Store
 from decoupled.experiments.sweep import ExecutionOptions, run_sweep
+from decoupled.experiments.train import RunTask
 
 from .conftest import SRC, cli, tiny_overrides
 
@@ -163,15 +164,15 @@ def test_the_command_line_connects_to_a_running_cluster_by_ray_address(cluster, 
     out = tmp_path / "cli"
     # Ray rewrites a loopback address to the machine's own; keep it loopback (this instance listens there only).
     env = {"RAY_ADDRESS": info.address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    result = _cli_with_env(env, "sweep", "--backend", "ray", "--preset", "smoke", "--optimizers", "adamw,sgdw",
+    result = _cli_with_env(env, "sweep", "--backend", "ray", "--preset", "smoke", "--optimizers", "sgdw",
                            "--seeds", "1", "--epochs", "1", "--train-size", "200", "--val-size", "100",
                            "--test-size", "100", "--lr", "0.01", "--weight-decay", "0.001", "--out", str(out),
                            "--no-report")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"decoupled sweep: on the Ray cluster at {info.address}: 2 CPUs, 0 GPUs" in result.stdout
-    assert "2 runs to do (0 already in the store) on 2 workers" in result.stdout
-    assert "recorded 2 runs" in result.stdout and "Traceback" not in result.stderr
-    assert len(_rows(out)) == 2
+    assert "1 runs to do (0 already in the store) on 1 workers" in result.stdout
+    assert "recorded 1 runs" in result.stdout and "Traceback" not in result.stderr
+    assert len(_rows(out)) == 1
 
 
 def _cli_with_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -223,6 +224,7 @@ def test_the_address_comes_from_the_flag_then_ray_address_then_a_local_instance(
     assert resolve_address("10.0.0.1:6379", {"RAY_ADDRESS": "auto"}) == ("10.0.0.1:6379", "--ray-address")
     assert resolve_address(None, {"RAY_ADDRESS": "auto"}) == ("auto", "RAY_ADDRESS")
     assert resolve_address(None, {}) == (None, "a local instance")
+    assert resolve_address("local", {"RAY_ADDRESS": "auto"}) == (None, "a local instance")
 
 
 def test_device_workers_and_what_each_task_asks_for_come_from_the_cluster():
@@ -240,6 +242,31 @@ def test_device_workers_and_what_each_task_asks_for_come_from_the_cluster():
     assert backend.task_options(WorkerSetup(data, "", "cuda", threads=1)) == {
         "num_cpus": 1, "num_gpus": 1, "max_retries": 3, "retry_exceptions": False}  # fmt: skip
     assert backend.task_options(WorkerSetup(data, "", "cpu", threads=2))["num_gpus"] == 0
+
+
+def test_a_task_ray_cannot_run_stops_the_sweep_unless_runs_already_finished():
+    """A node without this package (say) fails every task: stop at once, rather than fail each run in turn."""
+    ray = pytest.importorskip("ray")
+    text = "\x1b[36mray::decoupled sgdw()\x1b[39m (pid=1)\nModuleNotFoundError: No module named 'decoupled'"
+
+    class Unrunnable:
+        exceptions = ray.exceptions
+
+        @staticmethod
+        def get(ref):
+            raise ray.exceptions.RaySystemError(text)
+
+    backend = RayBackend.__new__(RayBackend)  # its outcome policy alone, without connecting
+    backend.retries, backend._finished = 3, False
+    config = load_sweep_config("smoke")
+    task = RunTask(config.run_config("sgdw", 0.1, 1e-4), 0)
+    with pytest.raises(BackendError, match="^Ray could not run a task \\(ModuleNotFoundError: No module named "
+                                           "'decoupled'\\); every node needs this decoupled, torch and Ray"):
+        backend._outcome(Unrunnable, None, 0, task)
+    backend._finished = True
+    failed = backend._outcome(Unrunnable, None, 1, task)
+    assert failed == RunFailed(task, 1, "Ray could not run it: ModuleNotFoundError: No module named 'decoupled'",
+                               f"System error: {text}")  # fmt: skip
 
 
 def test_neither_the_library_nor_the_local_backend_imports_ray():

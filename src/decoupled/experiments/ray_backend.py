@@ -24,13 +24,14 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import socket
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .backends import Event, RunFailed, RunFinished, RunStarted, WorkerSetup
+from .backends import BackendError, Event, RunFailed, RunFinished, RunStarted, WorkerSetup
 from .train import RunTask
 
 __all__ = ["ClusterInfo", "RayBackend", "RayUnavailable", "connect", "resolve_address"]
@@ -80,11 +81,11 @@ class ClusterInfo:
 
 
 def resolve_address(flag: str | None, environ: Mapping[str, str] = os.environ) -> tuple[str | None, str]:
-    """(address, where it came from): ``--ray-address``, else ``RAY_ADDRESS``, else None (a local instance)."""
-    if flag:
-        return flag, "--ray-address"
-    if environ.get("RAY_ADDRESS"):
-        return environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    """(address, where it came from): ``--ray-address``, else ``RAY_ADDRESS``, else None: a local instance (which
+    ``local`` names too)."""
+    for address, origin in ((flag, "--ray-address"), (environ.get("RAY_ADDRESS"), "RAY_ADDRESS")):
+        if address:
+            return (None, "a local instance") if address == "local" else (address, origin)
     return None, "a local instance"
 
 
@@ -112,6 +113,12 @@ def _check_reachable(address: str, origin: str) -> None:
             f"cannot reach the Ray cluster at {address!r} (from {origin}): {reason.lower()}; "
             "start it (ray start --head) or fix the address"
         ) from None
+
+
+def _last_line(error: BaseException) -> str:
+    """The exception at the bottom of a Ray error's text (which starts with the task's name, in colour)."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _first_line(error: BaseException) -> str:
@@ -159,10 +166,12 @@ def connect(address: str | None = None, *, origin: str = "--ray-address", local_
                 raise RayUnavailable(
                     f"cannot connect to the Ray cluster at {address!r} (from {origin}): {_first_line(error)}"
                 ) from None
-    context = ray.get_runtime_context()
     resources = ray.cluster_resources()
-    gcs = getattr(context, "gcs_address", None) or address or "local"
-    return ClusterInfo(gcs, int(resources.get("CPU", 0)), int(resources.get("GPU", 0)), local)
+    try:
+        gcs = ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - not offered through Ray Client (ray://)
+        gcs = None
+    return ClusterInfo(gcs or address or "local", int(resources.get("CPU", 0)), int(resources.get("GPU", 0)), local)
 
 
 # ---------------------------------------------------------------------------------------------- worker side
@@ -226,6 +235,7 @@ class RayBackend:
         self.workers = workers
         self.threads = threads
         self.retries = retries
+        self._finished = False  # a task has run (so Ray can run them here)
         address, origin = resolve_address(address)
         self.cluster = connect(address, origin=origin)
 
@@ -276,9 +286,16 @@ class RayBackend:
             errors = ray.exceptions
             if isinstance(error, (errors.WorkerCrashedError, errors.NodeDiedError, errors.OutOfMemoryError)):
                 reason = f"worker process died ({type(error).__name__}) on each of {self.retries + 1} tries"
-            else:  # e.g. the package cannot be imported on the node that ran it
-                reason = f"Ray could not run it: {_first_line(error)}"
+            else:  # Ray could not run the task at all: e.g. this package cannot be imported on the node
+                cause = _last_line(error)
+                if not self._finished:  # nothing has run: every task would fail the same way
+                    raise BackendError(
+                        f"Ray could not run a task ({cause}); every node needs this decoupled, torch and Ray "
+                        "installed (the same versions as here)"
+                    ) from None
+                reason = f"Ray could not run it: {cause}"
             return RunFailed(task, slot, reason, str(error))
+        self._finished = True
         if result[0] == "finished":
             return RunFinished(task, slot, result[1])
         return RunFailed(task, slot, result[1], result[2])
