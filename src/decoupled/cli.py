@@ -65,7 +65,8 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     how = parser.add_argument_group("where and how it runs (changes no result)")
     how.add_argument("--out", metavar="DIR",
                      help="output folder; the same folder again resumes (default: runs/NAME-TIME)")
-    how.add_argument("--workers", type=int, metavar="N", help="runs at once (default: CPU cores, or GPUs on cuda)")
+    how.add_argument("--workers", type=int, metavar="N",
+                     help="runs at once (default: CPU cores, or GPUs on cuda; on ray, the cluster's)")
     how.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if visible")
     how.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per CPU worker (default 1)")
     how.add_argument("--backend", default="local", choices=BACKENDS, help="execution backend (default: local)")
