@@ -65,10 +65,13 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     how = parser.add_argument_group("where and how it runs (changes no result)")
     how.add_argument("--out", metavar="DIR",
                      help="output folder; the same folder again resumes (default: runs/NAME-TIME)")
-    how.add_argument("--workers", type=int, metavar="N", help="runs at once (default: CPU cores, or GPUs on cuda)")
+    how.add_argument("--workers", type=int, metavar="N",
+                     help="runs at once (default: CPU cores, or GPUs on cuda; on ray, the cluster's)")
     how.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if visible")
     how.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per CPU worker (default 1)")
     how.add_argument("--backend", default="local", choices=BACKENDS, help="execution backend (default: local)")
+    how.add_argument("--ray-address", metavar="ADDRESS",
+                     help="--backend ray: the cluster (default: RAY_ADDRESS, else a local Ray instance)")
     how.add_argument("--no-report", action="store_true", help="do not render the report at the end")
 
 
@@ -141,14 +144,27 @@ def _run_sweep(args: argparse.Namespace) -> int:
     out: Path | None = None
     try:
         config = load_sweep_config(args.preset, args.config, _overrides(args))
-        device = resolve_device(args.device)
-        workers = args.workers if args.workers is not None else default_workers(device)
-        if workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {workers}")
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        if args.backend == "ray":  # the device and the default worker count are the cluster's, not this machine's
+            from .experiments.ray_backend import connect, resolve_address
+
+            address, origin = resolve_address(args.ray_address)
+            cluster = connect(address, origin=origin)
+            device = cluster.device(args.device)
+            default = cluster.slots(device, args.threads)
+            print(f"decoupled sweep: on {cluster.describe()}", flush=True)
+        elif args.ray_address is not None:
+            raise ConfigError("--ray-address needs --backend ray")
+        else:
+            device = resolve_device(args.device)
+            default = default_workers(device)
+        workers = args.workers if args.workers is not None else default
+        if workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {workers}")
         out = Path(args.out) if args.out else _default_out(config.name)
-        options = ExecutionOptions(out=out, workers=workers, device=device, threads=args.threads, backend=args.backend)
+        options = ExecutionOptions(out=out, workers=workers, device=device, threads=args.threads, backend=args.backend,
+                                   address=args.ray_address)  # fmt: skip
         cells = sum(grid.cells for grid in config.grids)
         print(f"decoupled sweep '{config.name}': {cells} cells x {config.seeds} seeds on {config.data.dataset}, "
               f"device {device}; output folder: {out}", flush=True)  # fmt: skip

@@ -41,7 +41,7 @@ def _refused(capsys, argv: list[str], expected: str) -> str:
         (["sweep", "--workers", "0"], "--workers must be >= 1, got 0"),
         (["sweep", "--workers", "two"], "argument --workers: invalid int value: 'two'"),
         (["sweep", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
-        (["sweep", "--backend", "ray"], "argument --backend: invalid choice: 'ray'"),
+        (["sweep", "--backend", "dask"], "argument --backend: invalid choice: 'dask'"),
         (["sweep", "--config", "/nonexistent/sweep.toml"], "cannot read config file '/nonexistent/sweep.toml'"),
         (["bogus"], "argument COMMAND: invalid choice: 'bogus'"),
     ],

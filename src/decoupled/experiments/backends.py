@@ -2,7 +2,7 @@
 
 A backend takes the data description and a list of :class:`~decoupled.experiments.train.RunTask` and yields
 events as runs start, finish or fail. It never touches the store: the sweep records each finished run itself,
-so a backend that runs elsewhere (a Ray cluster, issue 5) only has to ship tasks out and records back.
+so a backend that runs elsewhere (a Ray cluster: :mod:`.ray_backend`) only has to ship tasks out and records back.
 
 :class:`LocalBackend` runs tasks in worker processes on this machine, started with the 'spawn' method
 (the library's native SGD kernel uses OpenMP, whose thread pool does not survive fork after use), each with
@@ -220,10 +220,16 @@ class LocalBackend:
         return failures
 
 
-BACKENDS = ("local",)  # "ray" joins here (issue 5)
+BACKENDS = ("local", "ray")
 
 
-def make_backend(name: str, workers: int, threads: int = 1) -> Backend:
+def make_backend(name: str, workers: int, threads: int = 1, *, address: str | None = None) -> Backend:
+    """The backend called ``name``. ``address``: ray only, the cluster (else RAY_ADDRESS, else a local instance);
+    making a Ray backend connects to it (RayUnavailable, a ValueError, when it cannot)."""
     if name == "local":
         return LocalBackend(workers, threads)
+    if name == "ray":
+        from .ray_backend import RayBackend  # here, so that nothing imports Ray unless it is used
+
+        return RayBackend(workers, threads, address=address)
     raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")

@@ -35,6 +35,7 @@ class ExecutionOptions:
     device: str = "cpu"  # cpu | cuda (resolved from auto)
     threads: int = 1  # torch threads per CPU worker
     backend: str = "local"
+    address: str | None = None  # ray: the cluster's address (else RAY_ADDRESS, else a local Ray instance)
 
 
 @dataclass
@@ -105,6 +106,8 @@ def run_sweep(config: SweepConfig, options: ExecutionOptions, progress: SweepPro
     if (options.out / STORE_FILENAME).exists():
         Store.open(options.out, create=False).close()  # refuse an incompatible store before any other work
     prepare_data(config.data, cache_dir)  # fails early, in this process and before any folder is made for it
+    # Before the store too: a backend that cannot be used (Ray missing, a cluster out of reach) changes nothing.
+    backend = make_backend(options.backend, options.workers, options.threads, address=options.address)
     with Store.open(options.out) as store:
         tasks = plan_tasks(config)
         summary.planned = len(tasks)
@@ -112,7 +115,6 @@ def run_sweep(config: SweepConfig, options: ExecutionOptions, progress: SweepPro
         todo = [task for task in tasks if task.key not in finished]
         summary.skipped = len(tasks) - len(todo)
         store.add_sweep(config, provenance.code_version())
-        backend = make_backend(options.backend, options.workers, options.threads)
         setup = WorkerSetup(config.data, str(cache_dir), options.device, options.threads)
         progress.begin(len(todo), summary.skipped, min(backend.workers, max(len(todo), 1)), str(options.out))
         try:
