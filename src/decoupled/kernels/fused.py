@@ -11,7 +11,8 @@ Elsewhere (CUDA, or a CPU without a C compiler) torch's fused SGD is made to com
 ``m = mu m + lr g``: with ``dampening = 1 - lr``, ``lr = 1`` and a zero-initialised buffer
 (``is_first_step=False``) its update ``buf = mu buf + (1 - dampening) g; theta -= 1 * buf`` is exactly
 Algorithm 1; a decoupled decay then costs one extra pass (``_foreach_mul_``) before it.
-This is the path a CUDA tensor takes.
+This is the path a CUDA tensor takes. bfloat16/float16 CPU tensors without the native kernel take the foreach
+path instead: torch's fused CPU SGD leaves them unchanged (torch 2.13.0; see :func:`sgd_torch`).
 All tensors of one call share a device and a dtype (the dispatcher groups them).
 """
 
@@ -171,11 +172,12 @@ def sgd_torch(
     """Algorithm 1 on torch's fused SGD kernel (any device it supports); see the module docstring.
 
     Nesterov momentum with the step inside the buffer (theta -= mu m + lr g) has no such mapping and runs
-    the foreach kernel. So do non-contiguous bfloat16/float16 CPU tensors: torch's fused CPU SGD computes
-    wrong values for them (torch 2.13: a transposed bf16 weight moves by up to 1.0 instead of lr * g; fp32
-    and torch's fused Adam are unaffected).
+    the foreach kernel. So do bfloat16/float16 CPU tensors: torch's fused CPU SGD computes wrong values for
+    them (torch 2.13.0, contiguous or not: its vectorized reduced-precision loop never writes the parameters
+    and reads the momentum buffer as float32, so ``torch.optim.SGD(fused=True)`` leaves all but the last
+    few elements of each bf16 tensor where they were; fp32/fp64 and torch's fused Adam are correct).
     """
-    if nesterov or _torch_sgd_miscomputes(params, grads, momentum_buffers if momentum != 0 else []):
+    if nesterov or _torch_sgd_miscomputes(params):
         foreach.sgd(
             params, grads, momentum_buffers, lr=lr, momentum=momentum, nesterov=nesterov,
             maximize=maximize, decay_factor=decay_factor, l2=l2,
@@ -195,8 +197,6 @@ def sgd_torch(
 _REDUCED = (torch.bfloat16, torch.float16)
 
 
-def _torch_sgd_miscomputes(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor]) -> bool:
-    """Whether torch's fused SGD would get these wrong: non-contiguous bf16/fp16 CPU tensors."""
-    if not params or not params[0].is_cpu or params[0].dtype not in _REDUCED:
-        return False
-    return not (all(map(_is_contiguous, params)) and all(map(_is_contiguous, grads)) and all(map(_is_contiguous, buffers)))
+def _torch_sgd_miscomputes(params: list[Tensor]) -> bool:
+    """Whether torch's fused SGD would get these wrong: bfloat16/float16 CPU tensors (see :func:`sgd_torch`)."""
+    return bool(params) and params[0].is_cpu and params[0].dtype in _REDUCED
