@@ -12,8 +12,10 @@
  * the same traffic as torch's fused SGD with momentum, which is the memory-bandwidth floor of this update.
  * Arithmetic is done in float for fp32/bf16/fp16 tensors (like torch's fused kernels) and in double for fp64.
  *
- * Work is split into fixed chunks over all tensors together, so that many small tensors and a few large
- * ones keep every thread busy; chunks are independent, so the result does not depend on the thread count.
+ * All tensors together are one sequence of elements, cut into equal contiguous shares, one per thread, so that
+ * many small tensors and a few large ones keep every thread equally busy (cutting per tensor or into fixed
+ * chunks left one of two threads with 11% more work on a mixed 10M-parameter model). Every element's update
+ * is independent of the others, so the result does not depend on the thread count.
  * Built and loaded at run time by decoupled/kernels/native.py (plain C, OpenMP; no torch headers).
  */
 #include <stdint.h>
@@ -23,7 +25,7 @@
 #include <omp.h>
 #endif
 
-#define CHUNK ((int64_t)1 << 15)
+#define SHARE_ALIGN ((int64_t)64) /* shares start on a multiple of 64 elements (whole cache lines) */
 #define PARALLEL_MIN_ELEMENTS ((int64_t)1 << 16)
 
 enum { DTYPE_F32 = 0, DTYPE_F64 = 1, DTYPE_BF16 = 2, DTYPE_F16 = 3 };
@@ -126,7 +128,7 @@ typedef uint32_t pair_t __attribute__((aligned(2), may_alias));
         HYPER_LOCALS(float);                                                                             \
         (void)m;                                                                                         \
         int64_t i = begin;                                                                               \
-        for (; i < end && (i & 1); ++i) { /* odd start: one element alone (chunks start even) */        \
+        for (; i < end && (i & 1); ++i) { /* odd start: one element alone (16-bit stores) */          \
             float buf = HAS_M ? bf16_to_f32(m[i]) : 0.0f, out;                                           \
             SGD_ELEMENT(float, HAS_M, NESTEROV, HAS_L2, bf16_to_f32(p[i]), bf16_to_f32(g[i]), buf, out); \
             if (HAS_M) m[i] = f32_to_bf16(buf);                                                          \
@@ -217,7 +219,7 @@ int decoupled_team_size(int requested) {
  * One step over n tensors described by `table`, 3n int64 (4n with momentum) laid out as
  *     numels[n], params[n], grads[n], bufs[n]
  * (element counts, then data addresses; one array so that Python builds one buffer per step).
- * Returns 0 on success, -1 for an unknown dtype, -2 when memory for the chunk table cannot be had.
+ * Returns 0 on success, -1 for an unknown dtype, -2 when memory for the offset table cannot be had.
  */
 int decoupled_sgd(int64_t n, const int64_t *table, int dtype, double lr, double momentum, int nesterov,
                   int maximize, double keep, double l2, int num_threads) {
@@ -236,31 +238,37 @@ int decoupled_sgd(int64_t n, const int64_t *table, int dtype, double lr, double 
     const Hyper h = {sign * lr, momentum, keep, sign * l2, momentum != 0.0, nesterov != 0};
     const int64_t *numels = table, *params = table + n, *grads = table + 2 * n, *bufs = table + 3 * n;
 
-    int64_t chunks = 0, total = 0;
-    for (int64_t t = 0; t < n; ++t) {
-        chunks += (numels[t] + CHUNK - 1) / CHUNK;
-        total += numels[t];
-    }
-    if (chunks == 0) return 0;
-    int64_t *chunk_tensor = (int64_t *)malloc(sizeof(int64_t) * (size_t)chunks * 2);
-    if (!chunk_tensor) return -2;
-    int64_t *chunk_begin = chunk_tensor + chunks;
-    for (int64_t t = 0, c = 0; t < n; ++t)
-        for (int64_t b = 0; b < numels[t]; b += CHUNK, ++c) {
-            chunk_tensor[c] = t;
-            chunk_begin[c] = b;
-        }
+    /* offsets[t] = where tensor t starts in the sequence of all elements; offsets[n] = total. */
+    int64_t *offsets = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n + 1));
+    if (!offsets) return -2;
+    offsets[0] = 0;
+    for (int64_t t = 0; t < n; ++t) offsets[t + 1] = offsets[t] + numels[t];
+    const int64_t total = offsets[n];
 
-    /* Contiguous blocks of chunks per thread (schedule static): each thread streams through its share. */
     const int threads = (total >= PARALLEL_MIN_ELEMENTS && num_threads > 1) ? num_threads : 1;
     (void)threads; /* unused when built without OpenMP */
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t t = chunk_tensor[c], b = chunk_begin[c];
-        const int64_t e = b + CHUNK < numels[t] ? b + CHUNK : numels[t];
-        run((void *)(intptr_t)params[t], (const void *)(intptr_t)grads[t],
-            h.has_momentum ? (void *)(intptr_t)bufs[t] : NULL, b, e, &h);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int team = 1, rank = 0;
+#ifdef _OPENMP
+        team = omp_get_num_threads();
+        rank = omp_get_thread_num();
+#endif
+        /* This thread's share [lo, hi) of the sequence. A share may begin mid-tensor at an odd index: the
+         * bf16 loops then update that element alone with a 16-bit store, never a word a neighbour writes. */
+        const int64_t units = (total + SHARE_ALIGN - 1) / SHARE_ALIGN;
+        int64_t lo = units * rank / team * SHARE_ALIGN, hi = units * (rank + 1) / team * SHARE_ALIGN;
+        if (hi > total) hi = total;
+        int64_t t = 0;
+        while (t < n && offsets[t + 1] <= lo) ++t;
+        for (; t < n && offsets[t] < hi; ++t) {
+            const int64_t b = (lo > offsets[t] ? lo : offsets[t]) - offsets[t];
+            const int64_t e = (hi < offsets[t + 1] ? hi : offsets[t + 1]) - offsets[t];
+            if (b < e)
+                run((void *)(intptr_t)params[t], (const void *)(intptr_t)grads[t],
+                    h.has_momentum ? (void *)(intptr_t)bufs[t] : NULL, b, e, &h);
+        }
     }
-    free(chunk_tensor);
+    free(offsets);
     return 0;
 }
