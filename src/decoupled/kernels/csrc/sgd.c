@@ -13,7 +13,7 @@
  * Arithmetic is done in float for fp32/bf16/fp16 tensors (like torch's fused kernels) and in double for fp64.
  *
  * All tensors together are one sequence of elements, cut into equal contiguous shares, one per thread, so that
- * many small tensors and a few large ones keep every thread equally busy (cutting per tensor or into fixed
+ * many small tensors and a few large ones keep every thread equally busy (cutting them into fixed
  * chunks left one of two threads with 11% more work on a mixed 10M-parameter model). Every element's update
  * is independent of the others, so the result does not depend on the thread count.
  * Built and loaded at run time by decoupled/kernels/native.py (plain C, OpenMP; no torch headers).
