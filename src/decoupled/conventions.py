@@ -26,9 +26,9 @@ Reference: I. Loshchilov and F. Hutter, "Decoupled Weight Decay Regularization",
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-__all__ = ["DECAY_CONVENTIONS", "DecayTerms", "check_decay", "convert_weight_decay", "decay_terms"]
+__all__ = ["DECAY_CONVENTIONS", "DecayTerms", "check_decay", "convert_weight_decay", "decay_terms", "group_decay_terms"]
 
 DECAY_CONVENTIONS: tuple[str, ...] = ("decoupled", "lr", "constant", "l2")
 
@@ -79,6 +79,11 @@ def decay_terms(decay: str, *, lr: float, base_lr: float, weight_decay: float) -
         return DecayTerms(0.0, weight_decay)
     check_decay(decay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def group_decay_terms(group: dict[str, Any]) -> DecayTerms:
+    """The decay terms a parameter group's next step applies, from its lr, base_lr, weight_decay and decay."""
+    return decay_terms(group["decay"], lr=group["lr"], base_lr=group["base_lr"], weight_decay=group["weight_decay"])
 
 
 def convert_weight_decay(weight_decay: float, *, source: str, target: str, lr: float) -> float:

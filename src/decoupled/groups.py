@@ -11,7 +11,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ._validation import check_nonnegative
-from .conventions import decay_terms
+from .conventions import group_decay_terms
 
 __all__ = ["GroupSummary", "ParamGroups", "effective_decay", "param_groups"]
 
@@ -126,12 +126,11 @@ def effective_decay(optimizer: Optimizer) -> list[float | None]:
     factors: list[float | None] = []
     for group in optimizer.param_groups:
         weight_decay = group.get("weight_decay", 0.0)
-        lr = float(group["lr"])
         if "decay" in group:
-            terms = decay_terms(group["decay"], lr=lr, base_lr=group["base_lr"], weight_decay=weight_decay)
+            terms = group_decay_terms(group)
             factors.append(None if group["decay"] == "l2" and weight_decay else terms.factor)
         elif group.get("decoupled_weight_decay") or isinstance(optimizer, torch.optim.AdamW):
-            factors.append(lr * weight_decay)
+            factors.append(float(group["lr"]) * weight_decay)
         else:
             factors.append(None if weight_decay else 0.0)
     return factors

@@ -21,16 +21,11 @@ from torch.optim import Optimizer
 
 from . import kernels
 from ._validation import check_beta, check_bool, check_kernel_choice, check_nonnegative, check_unit_interval
-from .conventions import DecayTerms, check_decay, decay_terms
+from .conventions import check_decay, group_decay_terms
 
-__all__ = ["AdamW", "SGDW", "decouple", "group_decay_terms"]
+__all__ = ["AdamW", "SGDW", "decouple"]
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
-
-
-def group_decay_terms(group: dict[str, Any]) -> DecayTerms:
-    """The decay terms the group's next step applies, from its lr, base_lr, weight_decay and decay."""
-    return decay_terms(group["decay"], lr=group["lr"], base_lr=group["base_lr"], weight_decay=group["weight_decay"])
 
 
 def _check_decay_keys(group: dict[str, Any]) -> None:
