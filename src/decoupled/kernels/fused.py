@@ -95,11 +95,11 @@ def sgd(
     buffers = momentum_buffers if momentum != 0 else None
     numels = _check_sizes(params, grads, buffers or [])
     hyper = dict(lr=lr, momentum=momentum, nesterov=nesterov, maximize=maximize)
+    if native_eligible(params, grads, buffers):
+        native.sgd_(params, grads, buffers, keep=1 - decay_factor, l2=l2, numels=numels, **hyper)
+        return
     first = params[0]
     if first.is_cpu and native.supports_dtype(first.dtype):
-        if _native_takes_all(params, grads, buffers):
-            native.sgd_(params, grads, buffers, keep=1 - decay_factor, l2=l2, numels=numels, **hyper)
-            return
         mine = [i for i in range(len(params)) if _native_takes(params[i], grads[i], buffers and buffers[i])]
         if mine:
             native.sgd_(
