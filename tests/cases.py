@@ -12,9 +12,10 @@ from typing import Any, Callable
 import torch
 
 import decoupled
+from decoupled import DECAY_CONVENTIONS
 from reference import ReferenceAdam, ReferenceSGD
 
-DECAYS = ("decoupled", "lr", "constant", "l2")
+DECAYS = DECAY_CONVENTIONS  # test_conventions pins the tuple itself
 PATHS = {
     "default": {},
     "forloop": {"foreach": False, "fused": False},
