@@ -24,17 +24,16 @@ def set_grads(params: list[torch.Tensor], step: int) -> None:
         p.grad = scale * (p.detach() - 0.5) + scale * torch.randn(p.shape, generator=generator, dtype=p.dtype)
 
 
-def run(optimizer_factory, steps: int = STEPS, schedule: str = "cosine") -> list[torch.Tensor]:
+def run(optimizer_factory, *, scheduled: bool = True) -> list[torch.Tensor]:
+    """STEPS steps from make_params(), under a cosine schedule, or at a constant lr with scheduled=False."""
     params = make_params()
     optimizer = optimizer_factory(params)
-    if schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 10))
-    for step in range(steps):
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=STEPS) if scheduled else None
+    for step in range(STEPS):
         set_grads(params, step)
         optimizer.step()
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
     return [p.detach() for p in params]
 
 
@@ -70,18 +69,11 @@ def test_migration_from_torch_adamw(path):
 @pytest.mark.parametrize("path", list(PATHS))
 def test_sgdw_l2_matches_torch_sgd_while_lr_is_constant(path):
     """The lr inside the buffer (paper) or outside it (torch) is the same method while the lr is constant."""
-    ours = _constant_lr_run(lambda p: decoupled.SGDW(p, lr=0.05, momentum=0.9, weight_decay=0.01, decay="l2", **PATHS[path]))
-    theirs = _constant_lr_run(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01))
+    ours = run(
+        lambda p: decoupled.SGDW(p, lr=0.05, momentum=0.9, weight_decay=0.01, decay="l2", **PATHS[path]), scheduled=False
+    )
+    theirs = run(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01), scheduled=False)
     assert_same(ours, theirs)
-
-
-def _constant_lr_run(optimizer_factory) -> list[torch.Tensor]:
-    params = make_params()
-    optimizer = optimizer_factory(params)
-    for step in range(STEPS):
-        set_grads(params, step)
-        optimizer.step()
-    return [p.detach() for p in params]
 
 
 def test_sgdw_differs_from_torch_sgd_under_a_schedule():
