@@ -7,6 +7,7 @@ import torch
 
 import decoupled
 from cases import PATHS
+from reference import decay_of_step
 
 STEPS = 30
 
@@ -106,9 +107,7 @@ class DecayThenStep:
     @torch.no_grad()
     def step(self):
         group = self.inner.param_groups[0]
-        lr = group["lr"]
-        factor = {"decoupled": lr / self.base_lr * self.weight_decay, "lr": lr * self.weight_decay,
-                  "constant": self.weight_decay}[self.decay]  # fmt: skip
+        factor = decay_of_step(self.decay, group["lr"], self.base_lr, self.weight_decay)
         for p in group["params"]:
             if p.grad is not None:
                 p.mul_(1 - factor)
