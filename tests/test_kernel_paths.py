@@ -19,16 +19,17 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import torch
 
 import decoupled
 from decoupled.kernels import native
+from reference import ReferenceSGD
 
 STEPS = 42
-DECAYS = ("decoupled", "lr", "constant", "l2")
+DECAYS = decoupled.DECAY_CONVENTIONS
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16}
 # (rtol, atol) against the for-loop path: round-off of a different order of operations.
 TOLERANCES = {torch.float64: (1e-10, 1e-12), torch.float32: (2e-5, 1e-6)}
@@ -42,17 +43,6 @@ BF16_FACTOR, BF16_SLACK = 1.5, 2.0**-4
 native_only = pytest.mark.skipif(not native.available(), reason=f"native kernel: {native.unavailable_reason()}")
 
 
-@contextlib.contextmanager
-def _torch_sgd_mapping() -> Iterator[None]:
-    """fused=True SGD on torch's fused SGD kernel (the CUDA path), with the native kernel hidden."""
-    saved = native.supports_dtype
-    native.supports_dtype = lambda dtype: False  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        native.supports_dtype = saved  # type: ignore[assignment]
-
-
 # name -> (optimizer kwargs, context); "forloop" is the reference every other path is compared with.
 ADAM_PATHS: dict[str, tuple[dict[str, Any], Callable[[], Any]]] = {
     "default": ({}, contextlib.nullcontext),
@@ -63,7 +53,7 @@ SGD_PATHS: dict[str, tuple[dict[str, Any], Callable[[], Any]]] = {
     "default": ({}, contextlib.nullcontext),
     "foreach": ({"foreach": True}, contextlib.nullcontext),
     "fused-native": ({"fused": True}, contextlib.nullcontext),
-    "fused-torch": ({"fused": True}, _torch_sgd_mapping),
+    "fused-torch": ({"fused": True}, native.bypassed),  # the CUDA mapping
 }
 FORLOOP = {"foreach": False, "fused": False}
 
@@ -107,10 +97,11 @@ def _make_params(dtype: torch.dtype) -> list[torch.Tensor]:
 def _gradients(dtype: torch.dtype) -> tuple[tuple[torch.Tensor | None, ...], ...]:
     """The gradients of every step (made once per dtype; the kernels never write to gradients)."""
     generator = torch.Generator().manual_seed(99)
+    params = _make_params(dtype)  # for the shapes (its own generator: the gradients' draws are unaffected)
     steps = []
     for step in range(STEPS):
         grads: list[torch.Tensor | None] = []
-        for index, param in enumerate(_make_params(dtype)):
+        for index, param in enumerate(params):
             if index == 5 or (index == 6 and step < 10):
                 grads.append(None)
                 continue
@@ -125,20 +116,14 @@ def _gradients(dtype: torch.dtype) -> tuple[tuple[torch.Tensor | None, ...], ...
     return tuple(steps)
 
 
-def _reference(cls: type, dtype: torch.dtype, options_name: str, decay: str) -> tuple[list, list]:
+@functools.lru_cache(maxsize=None)
+def _reference(cls: type, dtype: torch.dtype, options_name: str, decay: str) -> Any:
     """The for-loop run every other path is compared with (cached: each is compared with several paths)."""
-    key = (cls, dtype, options_name, decay)
-    if key not in _REFERENCES:
-        options = (ADAM_OPTIONS if cls is decoupled.AdamW else SGD_OPTIONS)[options_name]
-        if dtype == torch.bfloat16:  # (the upcast reference, the bf16 for-loop path's own errors)
-            upcast = _run(cls, dtype, options, decay, FORLOOP, compute_dtype=torch.float32)
-            _REFERENCES[key] = (upcast, _relative_errors(_run(cls, dtype, options, decay, FORLOOP), upcast))
-        else:
-            _REFERENCES[key] = _run(cls, dtype, options, decay, FORLOOP)
-    return _REFERENCES[key]
-
-
-_REFERENCES: dict[tuple, Any] = {}
+    options = (ADAM_OPTIONS if cls is decoupled.AdamW else SGD_OPTIONS)[options_name]
+    if dtype == torch.bfloat16:  # (the upcast reference, the bf16 for-loop path's own errors)
+        upcast = _run(cls, dtype, options, decay, FORLOOP, compute_dtype=torch.float32)
+        return upcast, _relative_errors(_run(cls, dtype, options, decay, FORLOOP), upcast)
+    return _run(cls, dtype, options, decay, FORLOOP)
 
 
 def _tensors(run: tuple[list, list]) -> dict[str, torch.Tensor]:
@@ -353,7 +338,7 @@ def test_bf16_decay_factor_is_applied_in_float32(name: str) -> None:
     for group in optimizer.param_groups:
         group["lr"] = 0.0  # no step, only the ("constant") decay
     param.grad = torch.zeros_like(param)
-    with _torch_sgd_mapping() if name == "SGDW-fused-torch" else contextlib.nullcontext():
+    with native.bypassed() if name == "SGDW-fused-torch" else contextlib.nullcontext():
         optimizer.step()
     assert torch.equal(param.detach(), (theta.float() * 0.99).bfloat16())
 
@@ -367,19 +352,17 @@ def test_sgdw_fused_without_native_kernel_moves_reduced_precision_params(dtype: 
     generator = torch.Generator().manual_seed(3)
     theta = torch.randn(1000, generator=generator)
     grads = [torch.randn(1000, generator=generator) for _ in range(3)]
-    param, expected = torch.nn.Parameter(theta.to(dtype)), theta.to(dtype).float()
+    param, expected = torch.nn.Parameter(theta.to(dtype)), theta.to(dtype).double()
     optimizer = decoupled.SGDW([param], lr=0.1, momentum=momentum, weight_decay=0.01, fused=True)
-    buffer = torch.zeros(1000)
-    with _torch_sgd_mapping():
+    reference = ReferenceSGD(momentum=momentum)
+    with native.bypassed():
         for grad in grads:
             param.grad = grad.to(dtype)
             optimizer.step()
-            # Algorithm 1 in float32 (eta_t = 1): m = mu m + lr g; theta = (1 - lambda) theta - m.
-            buffer = momentum * buffer + 0.1 * grad.to(dtype).float()
-            expected = (1 - 0.01) * expected - buffer
+            expected = reference.step(0, expected, param.grad, lr=0.1, alpha=0.1, weight_decay=0.01, decay="decoupled")
     # Within a few bf16 roundings per step (the foreach path rounds after every op); the torch kernel's
     # parameters stay where they were, 0.1 to 1 away.
-    torch.testing.assert_close(param.detach().float(), expected, rtol=2**-4, atol=2**-6)
+    torch.testing.assert_close(param.detach().double(), expected, rtol=2**-4, atol=2**-6)
 
 
 @native_only

@@ -15,6 +15,7 @@ resolves that name to the OpenMP runtime torch already loaded, so both share one
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -26,11 +27,12 @@ import sys
 import tempfile
 from array import array
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import Tensor
 
-__all__ = ["available", "unavailable_reason", "sgd_", "supports_dtype", "team_size"]
+__all__ = ["available", "bypassed", "unavailable_reason", "sgd_", "supports_dtype", "team_size"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "sgd.c"
 _ABI_VERSION = 2
@@ -128,9 +130,24 @@ def unavailable_reason() -> str:
     return _load()[1]
 
 
+_bypassed = False  # set by bypassed()
+
+
+@contextlib.contextmanager
+def bypassed() -> Iterator[None]:
+    """Within the block the dispatcher takes no tensor to the native kernel: fused SGD on the CPU runs torch's
+    fused SGD mapping, the path CUDA tensors take (for tests and benchmarks of that path; not thread-safe)."""
+    global _bypassed
+    saved, _bypassed = _bypassed, True
+    try:
+        yield
+    finally:
+        _bypassed = saved
+
+
 def supports_dtype(dtype: torch.dtype) -> bool:
     library = _load()[0]
-    if library is None or dtype not in _DTYPE_CODES:
+    if _bypassed or library is None or dtype not in _DTYPE_CODES:
         return False
     return dtype != torch.float16 or bool(library.decoupled_supports_f16())
 
