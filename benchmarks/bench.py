@@ -46,7 +46,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -59,7 +59,6 @@ except ImportError:  # pragma: no cover
 from decoupled.kernels import native as _native
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
-CONVENTIONS = ("decoupled", "lr", "constant", "l2")
 ADAM_LR, ADAM_WD_TORCH = 1e-3, 1e-2  # torch.optim.AdamW's defaults
 SGD_LR, SGD_MOMENTUM, SGD_WD = 0.1, 0.9, 5e-4
 # The same decay in each convention where one exists: torch's AdamW(lr=1e-3, weight_decay=1e-2) decays
@@ -89,17 +88,6 @@ class Impl:
     skip: str = ""  # why it cannot run here ("" when it can)
 
 
-@contextlib.contextmanager
-def _torch_sgd_mapping() -> Iterator[None]:
-    """Route SGDW(fused=True) to torch's fused SGD (the path CUDA tensors take) instead of the native kernel."""
-    saved = _native.supports_dtype
-    _native.supports_dtype = lambda dtype: False
-    try:
-        yield
-    finally:
-        _native.supports_dtype = saved
-
-
 def _paths(family: str, device: str) -> list[tuple[str, dict[str, Any], Callable[[], Any], str]]:
     """(label, kwargs, wrap, skip) for the default path and every explicit path of our optimizers."""
     paths: list[tuple[str, dict[str, Any], Callable[[], Any], str]] = [
@@ -110,7 +98,7 @@ def _paths(family: str, device: str) -> list[tuple[str, dict[str, Any], Callable
         native_skip = "" if _native.available() else f"native kernel unavailable: {_native.unavailable_reason()}"
         if device == "cpu":
             paths[1] = ("fused-native", {"fused": True}, contextlib.nullcontext, native_skip)
-            paths.append(("fused-torch", {"fused": True}, _torch_sgd_mapping, ""))
+            paths.append(("fused-torch", {"fused": True}, _native.bypassed, ""))
     paths += [("foreach", {"foreach": True}, contextlib.nullcontext, ""), ("forloop", {"foreach": False, "fused": False}, contextlib.nullcontext, "")]
     return paths
 
@@ -168,7 +156,7 @@ def implementations(device: str) -> list[Impl]:
         ("adam", decoupled.AdamW, {"lr": ADAM_LR}, 7, 2),
         ("sgd", decoupled.SGDW, {"lr": SGD_LR, "momentum": SGD_MOMENTUM}, 5, 1),
     ):
-        for decay in CONVENTIONS:
+        for decay in decoupled.DECAY_CONVENTIONS:
             for label, path_kwargs, wrap, skip in _paths(family, device):
                 wd = OUR_WD[family][decay]
                 impls.append(Impl(
@@ -337,6 +325,22 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def fill_memory_columns(results: list[Result], impls: dict[str, Impl], memory_only: str | None, threads: int,
+                 device: str, *, fp32_only: bool = False) -> None:
+    """Fill in the peak extra memory of the results ``memory_only`` (a regex; None: all) selects, one
+    subprocess per (implementation, size, dtype), shared by that configuration's thread counts."""
+    pattern = re.compile(memory_only) if memory_only else None
+    memo: dict[tuple[str, str, str], dict[str, float]] = {}
+    for r in results:
+        if r.note or (pattern is not None and not pattern.search(r.impl)) or (fp32_only and r.dtype != "fp32"):
+            continue
+        key = (r.impl, r.size, r.dtype)
+        if key not in memo:
+            print(f"  memory {key}", file=sys.stderr, flush=True)
+            memo[key] = measure_memory(impls[r.impl], r.total, r.count, r.dtype, threads, device)
+        r.extra_mb, r.extra_pct = memo[key]["extra_mb"], memo[key]["extra_pct"]
+
+
 def memory_probe(impl_name: str, total: int, count: int, dtype_name: str, threads: int, device: str) -> dict[str, float]:
     """Run in a fresh process: peak bytes a step allocates beyond params + grads + state."""
     torch.set_num_threads(threads)
@@ -345,14 +349,6 @@ def memory_probe(impl_name: str, total: int, count: int, dtype_name: str, thread
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     state_bytes = impl.state_tensors * param_bytes
     pgs = 2 * param_bytes + state_bytes
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        before = _status_kb("VmRSS") * 1024
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     with impl.wrap():  # a tiny run first: libraries, modules and thread pools a first step loads are not the step's
         tiny = [torch.zeros(3, device=device, dtype=DTYPES[dtype_name], requires_grad=True)]
         tiny[0].grad = torch.ones_like(tiny[0])
@@ -365,7 +361,7 @@ def memory_probe(impl_name: str, total: int, count: int, dtype_name: str, thread
         torch.cuda.reset_peak_memory_stats()
     else:
         before = _status_kb("VmRSS") * 1024
-        Path("/proc/self/clear_refs").write_text("5")
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     opt = impl.build(params)
     with impl.wrap():
         for _ in range(3):
@@ -501,17 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                 bandwidths[f"{threads} ({path.name})" if threads in bandwidths else threads] = gbps
         results = list(rows.values())
         if args.update_memory:
-            pattern = re.compile(args.memory_only) if args.memory_only else None
-            memo: dict[tuple[str, str, str], dict[str, float]] = {}
             impls = {i.name: i for i in implementations(args.device)}
-            for r in results:
-                if r.note or (pattern is not None and not pattern.search(r.impl)):
-                    continue
-                key = (r.impl, r.size, r.dtype)
-                if key not in memo:
-                    print(f"  memory {key}", file=sys.stderr, flush=True)
-                    memo[key] = measure_memory(impls[r.impl], r.total, r.count, r.dtype, args.memory_threads, args.device)
-                r.extra_mb, r.extra_pct = memo[key]["extra_mb"], memo[key]["extra_pct"]
+            fill_memory_columns(results, impls, args.memory_only, args.memory_threads, args.device)
             saved = {"machine": machine, "bandwidth_gbps": bandwidths, "results": [dataclasses.asdict(r) for r in results]}
             args.from_json[0].write_text(json.dumps(saved, indent=1))
         results.sort(key=lambda r: (r.family, r.size, r.dtype, r.threads))
@@ -562,18 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         del bandwidth
     if not args.no_memory:
         log("  peak memory (one subprocess per configuration)")
-        memo: dict[tuple[str, str, str], dict[str, float]] = {}
-        memory_pattern = re.compile(args.memory_only) if args.memory_only else None
-        for result in results:
-            if result.note or (memory_pattern is not None and not memory_pattern.search(result.impl)):
-                continue
-            key = (result.impl, result.size, result.dtype)
-            if args.smoke and result.dtype != "fp32":
-                continue
-            if key not in memo:
-                impl = next(i for i in selected if i.name == result.impl)
-                memo[key] = measure_memory(impl, result.total, result.count, result.dtype, args.memory_threads, device)
-            result.extra_mb, result.extra_pct = memo[key]["extra_mb"], memo[key]["extra_pct"]
+        fill_memory_columns(results, {i.name: i for i in selected}, args.memory_only, args.memory_threads, device,
+                     fp32_only=args.smoke)  # fmt: skip
     results.sort(key=lambda r: (r.family, r.size, r.dtype, r.threads))
     table = f"{goal_table(results)}\n\n{markdown_table(results, bandwidths)}"
     print(f"Machine: {machine_description(device)}\n")
