@@ -32,6 +32,7 @@ class OptimizerCase:
     state_keys: tuple[str, ...]  # the state tensors to compare with the reference
     maximize: bool = False  # then the gradients are of -f, so that the run stays bounded
     scale_spread: float = 1.0  # gradient scales are 10 ** (spread * (i - 3)): Adam takes any, SGD needs lr*scale < 2
+    base_lr: float = 0.02  # the lr of build_groups' group 0 (alpha); group 1 takes GROUP_HYPER's share of it
 
 
 def _adamw(**options):
@@ -51,7 +52,14 @@ OPTIMIZER_CASES = [
         ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
         maximize=True,
     ),
-    OptimizerCase("SGDW", _sgdw(momentum=0.9), lambda: ReferenceSGD(momentum=0.9), ("momentum_buffer",), scale_spread=1 / 3),
+    OptimizerCase(
+        "SGDW",
+        _sgdw(momentum=0.9),
+        lambda: ReferenceSGD(momentum=0.9),
+        ("momentum_buffer",),
+        scale_spread=1 / 3,
+        base_lr=0.05,
+    ),
     OptimizerCase(
         "SGDW-nesterov-maximize",
         _sgdw(momentum=0.8, nesterov=True, maximize=True),
@@ -59,8 +67,11 @@ OPTIMIZER_CASES = [
         ("momentum_buffer",),
         maximize=True,
         scale_spread=1 / 3,
+        base_lr=0.05,
     ),
-    OptimizerCase("SGDW-no-momentum", _sgdw(momentum=0.0), lambda: ReferenceSGD(momentum=0.0), (), scale_spread=1 / 3),
+    OptimizerCase(
+        "SGDW-no-momentum", _sgdw(momentum=0.0), lambda: ReferenceSGD(momentum=0.0), (), scale_spread=1 / 3, base_lr=0.05
+    ),
 ]
 
 # Parameter specs: (group, shape, complex). Group 0 and 1 differ in lr and weight decay.

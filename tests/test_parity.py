@@ -28,13 +28,9 @@ STEPS_PER_EPOCH, FIRST_PERIOD, PERIOD_MULT = 5, 2.0, 2.0
 TOLERANCES = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=2e-4, atol=2e-5)}
 
 
-def base_lr_of(case) -> float:
-    return 0.02 if case.name.startswith("Adam") else 0.05
-
-
 def run_against_reference(case, decay: str, dtype: torch.dtype, path: dict, steps: int = STEPS):
     values = initial_values()
-    groups, params = build_groups(values, dtype, base_lr_of(case))
+    groups, params = build_groups(values, dtype, case.base_lr)
     optimizer = case.make(groups, decay=decay, **path)
     scheduler = decoupled.CosineWarmRestarts(
         optimizer, first_period=FIRST_PERIOD, steps_per_epoch=STEPS_PER_EPOCH, period_mult=PERIOD_MULT
