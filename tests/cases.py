@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 import decoupled
 from decoupled import DECAY_CONVENTIONS
@@ -133,6 +134,17 @@ def build_groups(values: list[torch.Tensor], dtype: torch.dtype, base_lr: float)
         members = [p for p, (g, _, _) in zip(params, PARAM_SPECS) if g == group_index]
         groups.append({"params": members, "lr": base_lr * hyper["lr_scale"], "weight_decay": hyper["weight_decay"]})
     return groups, params
+
+
+# The integration tests' (amp, compile) model and data.
+def make_model(dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+
+
+def batch(step: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(step)
+    return torch.randn(16, 6, generator=generator).to(dtype), torch.randn(16, 3, generator=generator).to(dtype)
 
 
 # Whole-optimizer cases for the integration tests (amp, compile): AdamW and SGDW on every kernel path, and

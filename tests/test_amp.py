@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import decoupled
-from cases import INTEGRATION_CASES
+from cases import INTEGRATION_CASES, batch, make_model
 
 CASES = dict(INTEGRATION_CASES)
 CASES["AdamW-fused-l2"] = lambda p: decoupled.AdamW(p, lr=1e-2, weight_decay=0.05, decay="l2", fused=True)
@@ -29,16 +29,6 @@ CASES["decouple(SGD)-constant"] = lambda p: decoupled.decouple(torch.optim.SGD)(
 CASES["decouple(RMSprop)-l2"] = lambda p: decoupled.decouple(torch.optim.RMSprop)(
     p, lr=1e-3, weight_decay=0.05, decay="l2"
 )
-
-
-def make_model(dtype: torch.dtype = torch.float32) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
-
-
-def batch(step: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(step)
-    return torch.randn(16, 6, generator=generator).to(dtype), torch.randn(16, 3, generator=generator).to(dtype)
 
 
 def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:

@@ -18,21 +18,11 @@ import torch._dynamo as torch_dynamo
 from torch import nn
 
 import decoupled
-from cases import INTEGRATION_CASES
+from cases import INTEGRATION_CASES, batch, make_model
 
 CASES = dict(INTEGRATION_CASES)
 CASES["decouple(SGD)-l2"] = lambda p: decoupled.decouple(torch.optim.SGD)(p, lr=0.1, weight_decay=0.05, decay="l2")
 STEPS = 4
-
-
-def make_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
-
-
-def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(step)
-    return torch.randn(16, 6, generator=generator), torch.randn(16, 3, generator=generator)
 
 
 def build(case: str, model: nn.Module):
