@@ -147,6 +147,27 @@ def batch(step: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, 
     return torch.randn(16, 6, generator=generator).to(dtype), torch.randn(16, 3, generator=generator).to(dtype)
 
 
+def schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr_t = lr / (1 + t): a new lr at every step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+
+
+def train_eagerly(
+    make_optimizer: Callable[[Any], torch.optim.Optimizer], steps: int, dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """make_model(dtype) trained eagerly on batch(step, dtype) for ``steps`` steps under schedule()."""
+    model = make_model(dtype)
+    optimizer = make_optimizer(model.parameters())
+    scheduler = schedule(optimizer)
+    for step in range(steps):
+        x, y = batch(step, dtype)
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    return model, optimizer
+
+
 # Whole-optimizer cases for the integration tests (amp, compile): AdamW and SGDW on every kernel path, and
 # decouple()-made optimizers. Tests add the extra cases they need to a copy.
 INTEGRATION_CASES: dict[str, Callable[[Any], torch.optim.Optimizer]] = {}

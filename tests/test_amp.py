@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import decoupled
-from cases import INTEGRATION_CASES, batch, make_model
+from cases import INTEGRATION_CASES, batch, make_model, schedule, train_eagerly
 
 CASES = dict(INTEGRATION_CASES)
 CASES["AdamW-fused-l2"] = lambda p: decoupled.AdamW(p, lr=1e-2, weight_decay=0.05, decay="l2", fused=True)
@@ -55,7 +55,7 @@ def scaled_step(model, optimizer, scaler, step, corrupt=None):
 def test_grad_scaler_skips_nonfinite_steps_without_decay(case: str, bad: float) -> None:
     model = make_model()
     optimizer = CASES[case](model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+    scheduler = schedule(optimizer)
     assert not getattr(optimizer, "_step_supports_amp_scaling", False)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     scaled_step(model, optimizer, scaler, 0)  # a real step first, so that there is optimizer state to keep
@@ -92,15 +92,7 @@ def test_grad_scaler_step_is_the_plain_step(case: str) -> None:
 def test_bf16_parameters_train_on_every_path(case: str) -> None:
     runs = {}
     for dtype in (torch.float32, torch.bfloat16):
-        model = make_model(dtype)
-        optimizer = CASES[case](model.parameters())
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
-        for step in range(4):
-            x, y = batch(step, dtype)
-            nn.functional.mse_loss(model(x), y).backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+        model, optimizer = train_eagerly(CASES[case], 4, dtype)
         runs[dtype] = model
         for state in optimizer.state.values():
             for key, value in state.items():

@@ -18,7 +18,7 @@ import torch._dynamo as torch_dynamo
 from torch import nn
 
 import decoupled
-from cases import INTEGRATION_CASES, batch, make_model
+from cases import INTEGRATION_CASES, batch, make_model, schedule, train_eagerly
 
 CASES = dict(INTEGRATION_CASES)
 CASES["decouple(SGD)-l2"] = lambda p: decoupled.decouple(torch.optim.SGD)(p, lr=0.1, weight_decay=0.05, decay="l2")
@@ -27,18 +27,11 @@ STEPS = 4
 
 def build(case: str, model: nn.Module):
     optimizer = CASES[case](model.parameters())
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+    return optimizer, schedule(optimizer)
 
 
 def eager_run(case: str) -> list[torch.Tensor]:
-    model = make_model()
-    optimizer, scheduler = build(case, model)
-    for step in range(STEPS):
-        x, y = batch(step)
-        nn.functional.mse_loss(model(x), y).backward()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
+    model, _ = train_eagerly(CASES[case], STEPS)
     return [p.detach().clone() for p in model.parameters()]
 
 
