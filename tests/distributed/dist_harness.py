@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 import decoupled
+from cases import PATHS  # tests/cases.py (conftest.py puts tests/ on sys.path)
 
 WORLD_SIZE = 2
 STEPS = 5
@@ -131,9 +132,6 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, st
 DecoupledAdam = decoupled.decouple(torch.optim.Adam)
 DecoupledSGD = decoupled.decouple(torch.optim.SGD)
 DecoupledRMSprop = decoupled.decouple(torch.optim.RMSprop)
-
-PATHS = {"forloop": dict(foreach=False, fused=False), "foreach": dict(foreach=True), "fused": dict(fused=True),
-         "default": {}}  # fmt: skip
 
 
 def _adamw(decay: str = "decoupled", **kw: Any) -> Callable[[Any], torch.optim.Optimizer]:
