@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator, Protocol, Sequence, Union
 
 from .config import DataConfig
-from .train import RunRecord, RunTask
+from .train import RunRecord, RunTask, train_run
 
 __all__ = [
     "BACKENDS",
@@ -101,6 +101,33 @@ def _watch_parent(parent_pid: int) -> None:
         time.sleep(0.5)
 
 
+def prepare_torch(threads: int, *, warm_up: bool = True) -> None:
+    """Give this worker process ``threads`` torch threads. ``warm_up``: also build one optimizer, because torch
+    imports its compiler stack (~2 s) the first time any optimizer is built; paying that here keeps the first
+    run's wall time comparable with the others'."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if warm_up:
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+def failure(error: Exception) -> tuple[str, str]:
+    """(one line, traceback) of the exception being handled, as a RunFailed carries them."""
+    return f"{type(error).__name__}: {error}", traceback.format_exc()
+
+
+def train_task(task: RunTask, splits, device, described: dict) -> tuple:
+    """Run ``task`` in a worker: ("finished", record, with provenance ``described``) or ("failed", one line,
+    traceback). Every backend's workers run their tasks through this."""
+    try:
+        record = train_run(task.config, task.seed, splits, device)
+        record.provenance = described
+        return ("finished", record)
+    except Exception as error:  # noqa: BLE001 - one bad run must not stop the sweep
+        return ("failed", *failure(error))
+
+
 def _worker_main(worker: int, parent_pid: int, setup: WorkerSetup, tasks, events) -> None:
     # The sweep process handles Ctrl-C and stops the workers; a worker must not die mid-write of an event.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -110,31 +137,23 @@ def _worker_main(worker: int, parent_pid: int, setup: WorkerSetup, tasks, events
 
         from . import provenance
         from .data import load_splits
-        from .train import train_run
 
-        torch.set_num_threads(setup.threads)
+        prepare_torch(setup.threads)
         device = setup.device
         if device == "cuda" and torch.cuda.device_count() > 1:
             device = f"cuda:{worker % torch.cuda.device_count()}"
         splits = load_splits(setup.data, Path(setup.cache_dir)).to(torch.device(device))
         described = provenance.describe(device)
-        # torch imports its compiler stack (~2 s) the first time any optimizer is built; pay that here so that
-        # the first run's wall time is comparable with the others'.
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     except Exception as error:  # noqa: BLE001 - reported to the sweep, which stops
-        events.put(("setup_failed", worker, f"{type(error).__name__}: {error}", traceback.format_exc()))
+        events.put(("setup_failed", worker, *failure(error)))
         return
     while True:
         task = tasks.get()
         if task is None:
             return
         events.put(("started", worker, task))
-        try:
-            record = train_run(task.config, task.seed, splits, torch.device(device))
-            record.provenance = described
-            events.put(("finished", worker, task, record))
-        except Exception as error:  # noqa: BLE001 - one bad run must not stop the sweep
-            events.put(("failed", worker, task, f"{type(error).__name__}: {error}", traceback.format_exc()))
+        outcome = train_task(task, splits, torch.device(device), described)
+        events.put((outcome[0], worker, task, *outcome[1:]))
 
 
 # ---------------------------------------------------------------------------------------------- local

@@ -26,12 +26,13 @@ import logging
 import os
 import re
 import socket
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .backends import BackendError, Event, RunFailed, RunFinished, RunStarted, WorkerSetup
+from .backends import (
+    BackendError, Event, RunFailed, RunFinished, RunStarted, WorkerSetup, failure, prepare_torch, train_task,
+)  # fmt: skip
 from .train import RunTask
 
 __all__ = ["ClusterInfo", "RayBackend", "RayUnavailable", "connect", "resolve_address"]
@@ -202,20 +203,16 @@ def _run_task(setup: WorkerSetup, splits: Any, task: RunTask) -> tuple:
         import torch
 
         from . import provenance
-        from .train import train_run
 
-        torch.set_num_threads(setup.threads)
+        # Warm up once per worker process, as the local workers do: Ray reuses the worker for later tasks.
+        prepare_torch(setup.threads, warm_up=not _warmed_up)
+        _warmed_up = True
         device = torch.device("cuda" if setup.device == "cuda" else "cpu")
-        if not _warmed_up:
-            # As in the local workers: torch imports its compiler stack (~2 s) the first time an optimizer is
-            # built; pay that outside the first run's wall time. Ray reuses the worker for later tasks.
-            torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-            _warmed_up = True
-        record = train_run(task.config, task.seed, splits.to(device), device)
-        record.provenance = provenance.describe(str(device))
-        return ("finished", record)
+        splits = splits.to(device)
+        described = provenance.describe(str(device))
     except Exception as error:  # noqa: BLE001 - one bad run must not stop the sweep
-        return ("failed", f"{type(error).__name__}: {error}", traceback.format_exc())
+        return ("failed", *failure(error))
+    return train_task(task, splits, device, described)
 
 
 # ---------------------------------------------------------------------------------------------- driver side
