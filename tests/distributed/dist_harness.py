@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
+from torch.distributed.fsdp import fully_shard
 
 import decoupled
 from cases import PATHS  # tests/cases.py (conftest.py puts tests/ on sys.path)
@@ -90,6 +91,14 @@ class Net(nn.Module):
 def make_model(seed: int = 0, dtype: torch.dtype = torch.float64) -> Net:
     torch.manual_seed(seed)
     return Net().to(dtype)
+
+
+def shard(model: Net) -> Net:
+    """FSDP2: the two trained layers, then the root (the frozen layer and the loose parameters)."""
+    fully_shard(model.inp)
+    fully_shard(model.out)
+    fully_shard(model)
+    return model
 
 
 def param_groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:
@@ -198,6 +207,13 @@ def reference(case: str, steps: range = range(STEPS)) -> dict[str, Tensor]:
     optimizer, scheduler = build(case, model)
     train(model, optimizer, scheduler, steps)
     return snapshot(model, optimizer)
+
+
+def assert_frozen_and_unused_untouched(result: dict[str, Tensor]) -> None:
+    """The frozen layer and the unused parameter end as they began: no gradient, so no decay either."""
+    initial = dict(make_model().named_parameters())
+    for name in ("frozen.weight", "frozen.bias", "unused"):
+        assert torch.equal(result[name], initial[name].detach()), name
 
 
 def assert_same(actual: dict[str, Tensor], expected: dict[str, Tensor], *, exact: bool = False) -> None:

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from dist_harness import STEPS, assert_same, build, make_model, reference, run, snapshot, train
+from dist_harness import STEPS, assert_same, build, make_model, reference, run, shard, snapshot, train
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.fsdp import fully_shard
 
 SAVE_AT = 3
 # The fused paths (torch's fused AdamW; the native SGD kernel on local shards), the coupled convention on the
@@ -23,14 +22,11 @@ SAVE_AT = 3
 DCP_CASES = ["AdamW-default", "SGDW-default", "AdamW-forloop-l2", "decouple(Adam)"]
 
 
-def shard(model: torch.nn.Module) -> torch.nn.Module:
+def freeze_unused(model: torch.nn.Module) -> torch.nn.Module:
     # A trainable parameter that never gets a gradient has no optimizer state when saved, but get_state_dict()
     # of a fresh optimizer creates state for every trainable parameter (by a zero-gradient step at lr=0), so
     # dcp.load would miss "optim.state.unused.step". Freeze it (docs/distributed.md names the alternatives).
     model.unused.requires_grad_(False)
-    fully_shard(model.inp)
-    fully_shard(model.out)
-    fully_shard(model)
     return model
 
 
@@ -54,7 +50,7 @@ def dcp_task(rank: int, world_size: int, cases: list[str], root: str) -> dict:
     results = {}
     for case in cases:
         path = Path(root) / case
-        model = shard(make_model())
+        model = shard(freeze_unused(make_model()))
         optimizer, scheduler = build(case, model)
         train(model, optimizer, scheduler, range(SAVE_AT), rank, world_size)
         save(model, optimizer, scheduler, path, rank)
@@ -62,7 +58,7 @@ def dcp_task(rank: int, world_size: int, cases: list[str], root: str) -> dict:
         train(model, optimizer, scheduler, range(SAVE_AT, STEPS), rank, world_size)
         uninterrupted = snapshot(model, optimizer)
 
-        model = shard(make_model(seed=1))  # another init: only the checkpoint can make it right
+        model = shard(freeze_unused(make_model(seed=1)))  # another init: only the checkpoint can make it right
         optimizer, scheduler = build(case, model)
         load(model, optimizer, scheduler, path)
         train(model, optimizer, scheduler, range(SAVE_AT, STEPS), rank, world_size)
@@ -86,8 +82,7 @@ def test_resumed_run_equals_uninterrupted_run(checkpoints: tuple[Path, dict], ca
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # DCP's note: one process
 @pytest.mark.parametrize("case", DCP_CASES)
 def test_one_process_resumes_from_the_sharded_checkpoint(checkpoints: tuple[Path, dict], case: str) -> None:
-    model = make_model(seed=1)
-    model.unused.requires_grad_(False)
+    model = freeze_unused(make_model(seed=1))
     optimizer, scheduler = build(case, model)
     load(model, optimizer, scheduler, checkpoints[0] / case)  # no process group: DCP reshards 2 -> 1
     assert optimizer.param_groups[0]["lr"] == pytest.approx(scheduler.get_last_lr()[0])

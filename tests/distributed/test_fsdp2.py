@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dist_harness import CASES, STEPS, assert_same, build, make_model, reference, run, snapshot, train
-from torch.distributed.fsdp import fully_shard
+from dist_harness import (
+    CASES, STEPS, assert_frozen_and_unused_untouched, assert_same, build, make_model, reference, run, shard, snapshot,
+    train,
+)  # fmt: skip
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor, init_device_mesh
 
 # Beyond FSDP2's Shard(0): (parameter placement, gradient placement). A gradient placed unlike its parameter
@@ -23,13 +25,6 @@ PLACEMENTS = {
     "Replicate/Replicate": (Replicate(), Replicate()),
 }
 PLACEMENT_CASES = ["AdamW-forloop", "AdamW-fused", "SGDW-foreach", "SGDW-fused"]
-
-
-def shard(model: torch.nn.Module) -> torch.nn.Module:
-    fully_shard(model.inp)
-    fully_shard(model.out)
-    fully_shard(model)
-    return model
 
 
 def fsdp_task(rank: int, world_size: int, cases: list[str]) -> dict:
@@ -87,9 +82,7 @@ def test_fsdp2_matches_one_process(results: dict, case: str) -> None:
     result = dict(results["fsdp2"][case])
     assert result.pop("plain_state") == [], "optimizer state should be DTensors, sharded like the parameters"
     assert_same(result, reference(case))
-    initial = dict(make_model().named_parameters())
-    for name in ("frozen.weight", "frozen.bias", "unused"):
-        assert torch.equal(result[name], initial[name].detach())
+    assert_frozen_and_unused_untouched(result)
 
 
 @pytest.mark.parametrize("placements", list(PLACEMENTS))
