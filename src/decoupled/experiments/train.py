@@ -24,7 +24,7 @@ import decoupled
 from .augment import random_crop_flip
 from .config import OPTIMIZERS, RunConfig
 from .data import Splits
-from .models import build_model
+from .models import build_model, count_parameters
 
 __all__ = ["RunRecord", "RunTask", "make_optimizer", "seed_everything", "train_run"]
 
@@ -134,7 +134,7 @@ def train_run(config: RunConfig, seed: int, splits: Splits, device: torch.device
         scheduler = decoupled.CosineWarmRestarts(optimizer, first_period=train.epochs, steps_per_epoch=steps_per_epoch)
     order = torch.Generator().manual_seed(seed)  # batch order and augmentation, on the CPU for reproducibility
     record = RunRecord(config, seed, device=str(device))
-    record.extra = {"parameters": sum(p.numel() for p in model.parameters()), "steps_per_epoch": steps_per_epoch}
+    record.extra = {"parameters": count_parameters(model), "steps_per_epoch": steps_per_epoch}
     for _ in range(train.epochs):
         model.train()
         permutation = torch.randperm(len(splits.x_train), generator=order).to(splits.x_train.device)
