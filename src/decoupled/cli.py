@@ -94,6 +94,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     tree: dict = {}
     flags = {
         ("seeds",): args.seeds,
+        ("optimizers",): args.optimizers,  # a comma-separated string, which the config splits
         ("train", "epochs"): args.epochs,
         ("train", "batch_size"): args.batch_size,
         ("data", "dataset"): args.dataset,
@@ -106,8 +107,6 @@ def _overrides(args: argparse.Namespace) -> dict:
     for path, value in flags.items():
         if value is not None:
             set_path(tree, list(path), value)
-    if args.optimizers is not None:
-        tree["optimizers"] = [name.strip() for name in args.optimizers.split(",") if name.strip()]
     for flag, key, text in (("--lr", "lr", args.lr), ("--weight-decay", "weight_decay", args.weight_decay)):
         if text is not None:
             values = _number_list(flag, text)
