@@ -19,7 +19,6 @@ import json
 import os
 import pickle
 import tarfile
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .config import DataConfig
+from .files import atomic_write
 
 __all__ = ["CIFAR10_URL", "DataError", "Splits", "load_splits", "prepare_data", "read_cifar10"]
 
@@ -144,17 +144,10 @@ def _mnist1d(config: DataConfig, cache_dir: Path | None) -> Splits:
 
 
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write to a temporary file and rename: a concurrent reader sees no file or the whole file."""
+    """Write atomically: a worker reading the cache concurrently sees no file or the whole file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as handle:
+        np.savez(handle, **arrays)
 
 
 # ----------------------------------------------------------------------------------------------------- digits

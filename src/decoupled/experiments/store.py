@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sqlite3
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from .config import OPTIMIZERS, SweepConfig
+from .files import atomic_write
 from .train import RunRecord
 
 __all__ = ["SCHEMA_VERSION", "Store", "StoreError", "CSV_COLUMNS"]
@@ -228,20 +227,13 @@ class Store:
         """Write every run as one CSV row (curves and metadata as JSON strings), atomically; return the count."""
         path = Path(path)
         rows = self.runs()
-        fd, tmp = tempfile.mkstemp(suffix=".csv", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(CSV_COLUMNS)
-                for row in rows:
-                    writer.writerow(
-                        json.dumps(row[c], sort_keys=True) if c in _JSON_COLUMNS else
-                        ("" if row[c] is None else int(row[c]) if c == "diverged" else row[c])
-                        for c in CSV_COLUMNS
-                    )  # fmt: skip
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is for sharing
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_write(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CSV_COLUMNS)
+            for row in rows:
+                writer.writerow(
+                    json.dumps(row[c], sort_keys=True) if c in _JSON_COLUMNS else
+                    ("" if row[c] is None else int(row[c]) if c == "diverged" else row[c])
+                    for c in CSV_COLUMNS
+                )  # fmt: skip
         return len(rows)
