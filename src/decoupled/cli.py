@@ -12,7 +12,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
+
+if TYPE_CHECKING:
+    from .experiments.report import ReportPaths
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
@@ -37,6 +40,11 @@ class Command:
 def _fail(prog: str, message: str) -> int:
     print(f"{prog}: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def _print_report_paths(paths: ReportPaths) -> None:
+    """What ``sweep`` and ``report`` print after rendering a report."""
+    print(f"report: {paths.markdown} and {paths.html}; figures: {paths.heatmaps}, {paths.curves}; rows: {paths.csv}")
 
 
 # ---------------------------------------------------------------------------------------------------- sweep
@@ -185,8 +193,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     for failure in summary.failed[:5]:
         print(f"  failed: {failure.task.describe()}: {failure.error}", file=sys.stderr)
     if not args.no_report:
-        paths = render_report(out)
-        print(f"report: {paths.markdown} and {paths.html}; figures: {paths.heatmaps}, {paths.curves}; rows: {paths.csv}")
+        _print_report_paths(render_report(out))
     print(f"output folder: {out}")
     return EXIT_FAILED_RUNS if summary.failed else EXIT_OK
 
@@ -206,7 +213,7 @@ def _run_report(args: argparse.Namespace) -> int:
         paths = render_report(args.folder)
     except StoreError as error:
         return _fail("decoupled report", str(error))
-    print(f"report: {paths.markdown} and {paths.html}; figures: {paths.heatmaps}, {paths.curves}; rows: {paths.csv}")
+    _print_report_paths(paths)
     return EXIT_OK
 
 
