@@ -59,9 +59,8 @@ def _slope(opt: OptimizerFindings) -> str:
 def statements(findings: Findings) -> list[str]:
     """The findings as plain sentences, each with its numbers; the first ones say what is and is not shown."""
     lines: list[str] = []
-    by_name = {f.name: f for f in findings.optimizers}
     for base_name, variant_name in (("sgd", "sgdw"), ("adam", "adamw")):
-        base, variant = by_name.get(base_name), by_name.get(variant_name)
+        base, variant = findings.by_name(base_name), findings.by_name(variant_name)
         if base is None or variant is None or base.best is None or variant.best is None:
             continue
         pair = f"{base.label} vs {variant.label}"
