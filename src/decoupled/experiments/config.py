@@ -127,10 +127,6 @@ class OptimizerGrid:
     weight_decays: tuple[float, ...]  # lambda values, ascending (0 allowed)
 
     @property
-    def spec(self) -> OptimizerSpec:
-        return OPTIMIZERS[self.optimizer]
-
-    @property
     def cells(self) -> int:
         return len(self.lrs) * len(self.weight_decays)
 
@@ -153,17 +149,6 @@ class RunConfig:
         """A stable 16-hex-digit hash of the config (independent of dict order and of Python versions)."""
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "RunConfig":
-        return cls(
-            data=DataConfig(**raw["data"]),
-            model=ModelConfig(**raw["model"]),
-            train=TrainConfig(**raw["train"]),
-            optimizer=raw["optimizer"],
-            lr=float(raw["lr"]),
-            weight_decay=float(raw["weight_decay"]),
-        )
 
 
 @dataclass(frozen=True)
