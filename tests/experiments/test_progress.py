@@ -23,7 +23,7 @@ def test_plain_lines_when_not_a_terminal(tiny_config):
     stream = io.StringIO()
     progress = make_progress(stream)
     assert isinstance(progress, PlainProgress)
-    progress.begin(3, 1, 2, "out")
+    progress.begin(3, 1, 2)
     for event in _events(tiny_config):
         progress.update(event)
     progress.end()
@@ -36,7 +36,7 @@ def test_plain_lines_when_not_a_terminal(tiny_config):
 
 def test_rich_panel_shows_workers_and_best(tiny_config, capsys):
     progress = RichProgress()
-    progress.begin(3, 0, 2, "out")
+    progress.begin(3, 0, 2)
     for event in _events(tiny_config)[:4]:
         progress.update(event)
     panel = progress._render()

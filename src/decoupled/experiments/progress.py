@@ -32,7 +32,7 @@ class SweepProgress:
         self.running: dict[int, RunTask] = {}
         self.best: dict[str, tuple[float, RunTask]] = {}  # optimizer -> (val error, task)
 
-    def begin(self, total: int, skipped: int, workers: int, out: str) -> None:
+    def begin(self, total: int, skipped: int, workers: int) -> None:
         self.total, self.workers = total, workers
         self.started_at = time.monotonic()
 
@@ -71,8 +71,8 @@ class PlainProgress(SweepProgress):
         super().__init__()
         self.stream = stream if stream is not None else sys.stdout
 
-    def begin(self, total: int, skipped: int, workers: int, out: str) -> None:
-        super().begin(total, skipped, workers, out)
+    def begin(self, total: int, skipped: int, workers: int) -> None:
+        super().begin(total, skipped, workers)
         print(f"{total} runs to do ({skipped} already in the store) on {workers} workers", file=self.stream, flush=True)
 
     def update(self, event: RunStarted | RunFinished | RunFailed) -> None:
@@ -131,8 +131,8 @@ class RichProgress(SweepProgress):
             parts.append(f"[red]{self.failed} runs failed (not recorded; a re-run retries them)")
         return self._Group(*parts)
 
-    def begin(self, total: int, skipped: int, workers: int, out: str) -> None:
-        super().begin(total, skipped, workers, out)
+    def begin(self, total: int, skipped: int, workers: int) -> None:
+        super().begin(total, skipped, workers)
         self.console.print(f"{total} runs to do ({skipped} already in the store) on {workers} workers")
         self.bar.update(self.bar_task, total=max(total, 1), completed=0)
         self.live.start()

@@ -116,7 +116,7 @@ def run_sweep(config: SweepConfig, options: ExecutionOptions, progress: SweepPro
         summary.skipped = len(tasks) - len(todo)
         store.add_sweep(config, provenance.code_version())
         setup = WorkerSetup(config.data, str(cache_dir), options.device, options.threads)
-        progress.begin(len(todo), summary.skipped, min(backend.workers, max(len(todo), 1)), str(options.out))
+        progress.begin(len(todo), summary.skipped, min(backend.workers, max(len(todo), 1)))
         try:
             # closing(): an interrupted sweep stops its workers now, not whenever the generator is collected.
             with closing(backend.run(setup, todo)) as events:
