@@ -347,7 +347,7 @@ def render_report(folder: str | Path) -> ReportPaths:
         if config is None:
             raise StoreError(f"the store in {str(folder)!r} records no sweep; nothing to report")
         rows = store.runs()
-        store.export_csv(folder / CSV_FILENAME)
+        store.export_csv(folder / CSV_FILENAME, rows)
     findings = analyze(config, rows)
     heatmaps = plot_heatmaps(findings, folder / HEATMAP_FILENAME)
     curves = plot_curves(findings, folder / CURVES_FILENAME)

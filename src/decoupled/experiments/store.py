@@ -223,10 +223,11 @@ class Store:
         row = self._db.execute("SELECT config FROM sweeps ORDER BY id DESC LIMIT 1").fetchone()
         return SweepConfig.from_dict(json.loads(row[0])) if row else None
 
-    def export_csv(self, path: str | Path) -> int:
-        """Write every run as one CSV row (curves and metadata as JSON strings), atomically; return the count."""
+    def export_csv(self, path: str | Path, rows: list[dict[str, Any]] | None = None) -> int:
+        """Write every run as one CSV row (curves and metadata as JSON strings), atomically; return the count.
+        ``rows``: what :meth:`runs` returned, for a caller that has just read them (else they are read here)."""
         path = Path(path)
-        rows = self.runs()
+        rows = self.runs() if rows is None else rows
         with atomic_write(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(CSV_COLUMNS)
