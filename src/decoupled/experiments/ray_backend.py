@@ -233,8 +233,10 @@ class RayBackend:
         self.threads = threads
         self.retries = retries
         self._finished = False  # a task has run (so Ray can run them here)
+        # Now, so that Ray missing or a cluster out of reach is refused before the sweep opens its store. A process
+        # already connected (the command line connects first, to learn the cluster's size) keeps that connection.
         address, origin = resolve_address(address)
-        self.cluster = connect(address, origin=origin)
+        connect(address, origin=origin)
 
     def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Iterator[Event]:
         if not tasks:
