@@ -84,7 +84,10 @@ def _normalize_cifar(x: Tensor) -> Tensor:
     return (x.float() / 255 - mean) / std
 
 
-def _split(config: DataConfig, x: np.ndarray, y: np.ndarray, name: str, to_input: Callable) -> Splits:
+def _split(
+    config: DataConfig, x: np.ndarray, y: np.ndarray, name: str, to_input: Callable, num_classes: int | None = None
+) -> Splits:
+    """``num_classes``: when None, the largest label + 1."""
     train, val = config.train_size, config.val_size
     end = train + val + config.test_size
     return Splits(
@@ -92,7 +95,7 @@ def _split(config: DataConfig, x: np.ndarray, y: np.ndarray, name: str, to_input
         torch.from_numpy(x[:train]), torch.from_numpy(y[:train]),
         torch.from_numpy(x[train : train + val]), torch.from_numpy(y[train : train + val]),
         torch.from_numpy(x[train + val : end]), torch.from_numpy(y[train + val : end]),
-        num_classes=int(y.max()) + 1, to_input=to_input,
+        num_classes=int(y.max()) + 1 if num_classes is None else num_classes, to_input=to_input,
     )  # fmt: skip
 
 
@@ -249,9 +252,8 @@ def _cifar10(config: DataConfig) -> Splits:
     end = config.train_size + config.val_size
     x = np.concatenate([x_train[:end], x_test[: config.test_size]])
     y = np.concatenate([y_train[:end], y_test[: config.test_size]])
-    splits = _split(config, x, y, "cifar10", _normalize_cifar)
-    splits.num_classes = 10
-    return splits
+    # 10 classes even when a small subset lacks the last label.
+    return _split(config, x, y, "cifar10", _normalize_cifar, num_classes=10)
 
 
 # --------------------------------------------------------------------------------------------------- entry
