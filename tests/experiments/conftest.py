@@ -63,18 +63,24 @@ def write_tiny_cifar(folder: Path, per_batch: int = 6, test: int = 8, seed: int 
     return folder
 
 
-def cli(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run ``python -m decoupled.cli ARGS`` in a fresh process (as a user would), capturing its output."""
-    env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _cli_env(extra: dict[str, str] | None) -> dict[str, str]:
+    """This process's environment with this checkout's src first on PYTHONPATH, and ``extra`` on top."""
+    return {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(extra or {})}
+
+
+def cli(
+    *args: str, cwd: Path | None = None, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``python -m decoupled.cli ARGS`` in a fresh process (as a user would), capturing its output.
+    ``env``: variables to set on top of this process's environment."""
     return subprocess.run(
-        [sys.executable, "-m", "decoupled.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "decoupled.cli", *args], cwd=cwd, env=_cli_env(env), capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
 
 
-def popen_cli(*args: str, cwd: Path | None = None) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def popen_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "decoupled.cli", *args], cwd=cwd, env=env,
+        [sys.executable, "-m", "decoupled.cli", *args], cwd=cwd, env=_cli_env(env),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

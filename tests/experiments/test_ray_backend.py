@@ -164,21 +164,14 @@ def test_the_command_line_connects_to_a_running_cluster_by_ray_address(cluster, 
     out = tmp_path / "cli"
     # Ray rewrites a loopback address to the machine's own; keep it loopback (this instance listens there only).
     env = {"RAY_ADDRESS": info.address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    result = _cli_with_env(env, "sweep", "--backend", "ray", "--preset", "smoke", "--optimizers", "sgdw",
-                           "--seeds", "1", "--epochs", "1", "--train-size", "200", "--val-size", "100",
-                           "--test-size", "100", "--lr", "0.01", "--weight-decay", "0.001", "--out", str(out),
-                           "--no-report")  # fmt: skip
+    result = cli("sweep", "--backend", "ray", "--preset", "smoke", "--optimizers", "sgdw", "--seeds", "1",
+                 "--epochs", "1", "--train-size", "200", "--val-size", "100", "--test-size", "100", "--lr", "0.01",
+                 "--weight-decay", "0.001", "--out", str(out), "--no-report", env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"decoupled sweep: on the Ray cluster at {info.address}: 2 CPUs, 0 GPUs" in result.stdout
     assert "1 runs to do (0 already in the store) on 1 workers" in result.stdout
     assert "recorded 1 runs" in result.stdout and "Traceback" not in result.stderr
     assert len(_rows(out)) == 1
-
-
-def _cli_with_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    full = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
-    return subprocess.run([sys.executable, "-m", "decoupled.cli", *args], env=full, capture_output=True, text=True,
-                          timeout=240)  # fmt: skip
 
 
 def _store_with_one_sweep(out: Path) -> bytes:
