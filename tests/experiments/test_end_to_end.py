@@ -75,6 +75,8 @@ def test_smoke_sweep_outputs_exist_and_agree(tmp_path):
 
 
 def _label(name: str) -> str:
+    """The paper's labels, written out rather than read from OPTIMIZERS: no other test pins what the report
+    calls each optimizer."""
     return {"adam": "Adam (L2)", "adamw": "AdamW", "sgd": "SGD (L2)", "sgdw": "SGDW"}[name]
 
 
