@@ -68,18 +68,31 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--test-size", type=int, metavar="N", help="test examples (report it)")
     what.add_argument("--lr", metavar="VALUES", help="comma-separated learning rates for every optimizer's grid")
     what.add_argument("--weight-decay", metavar="VALUES", help="comma-separated weight decays for every grid")
-    what.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="any config key, e.g. --set train.schedule=constant --set grid.adamw.lr_log2=[-10,-6]")
+    what.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config key, e.g. --set train.schedule=constant --set grid.adamw.lr_log2=[-10,-6]",
+    )
     how = parser.add_argument_group("where and how it runs (changes no result)")
-    how.add_argument("--out", metavar="DIR",
-                     help="output folder; the same folder again resumes (default: runs/NAME-TIME)")
-    how.add_argument("--workers", type=int, metavar="N",
-                     help="runs at once (default: CPU cores, or GPUs on cuda; on ray, the cluster's)")
+    how.add_argument(
+        "--out", metavar="DIR", help="output folder; the same folder again resumes (default: runs/NAME-TIME)"
+    )
+    how.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="runs at once (default: CPU cores, or GPUs on cuda; on ray, the cluster's)",
+    )
     how.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if visible")
     how.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per CPU worker (default 1)")
     how.add_argument("--backend", default="local", choices=BACKENDS, help="execution backend (default: local)")
-    how.add_argument("--ray-address", metavar="ADDRESS",
-                     help="--backend ray: the cluster (default: RAY_ADDRESS, else a local Ray instance)")
+    how.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="--backend ray: the cluster (default: RAY_ADDRESS, else a local Ray instance)",
+    )
     how.add_argument("--no-report", action="store_true", help="do not render the report at the end")
 
 
@@ -218,10 +231,13 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Command] = [
-    Command("sweep", "run the learning-rate x weight-decay sweep (resumes in the same --out)",
-            _add_sweep_arguments, _run_sweep),
-    Command("report", "re-render a sweep's report, figures and CSV from its store",
-            _add_report_arguments, _run_report),
+    Command(
+        "sweep",
+        "run the learning-rate x weight-decay sweep (resumes in the same --out)",
+        _add_sweep_arguments,
+        _run_sweep,
+    ),
+    Command("report", "re-render a sweep's report, figures and CSV from its store", _add_report_arguments, _run_report),
 ]
 
 

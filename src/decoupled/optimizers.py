@@ -420,8 +420,7 @@ def decouple(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
 
     class Decoupled(_DecayGroups, optimizer_cls):  # type: ignore[valid-type, misc]
         __doc__ = (
-            f"{optimizer_cls.__name__} with decoupled weight decay (made by decoupled.decouple).\n\n"
-            f"{decouple.__doc__}"
+            f"{optimizer_cls.__name__} with decoupled weight decay (made by decoupled.decouple).\n\n{decouple.__doc__}"
         )
 
         def __init__(self, params: ParamsT, *args: Any, decay: str = "decoupled", **kwargs: Any) -> None:

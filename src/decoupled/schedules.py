@@ -21,7 +21,13 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ._validation import check_nonnegative
 
-__all__ = ["CosineWarmRestarts", "RestartPosition", "normalized_weight_decay", "restart_position", "warm_restart_multiplier"]
+__all__ = [
+    "CosineWarmRestarts",
+    "RestartPosition",
+    "normalized_weight_decay",
+    "restart_position",
+    "warm_restart_multiplier",
+]
 
 
 def normalized_weight_decay(lambda_norm: float, batch_size: int, dataset_size: int, epochs: float) -> float:
@@ -46,9 +52,7 @@ class RestartPosition(NamedTuple):
     t_i: float
 
 
-def restart_position(
-    step: int, steps_per_epoch: int, first_period: float, period_mult: float = 1.0
-) -> RestartPosition:
+def restart_position(step: int, steps_per_epoch: int, first_period: float, period_mult: float = 1.0) -> RestartPosition:
     """The restart period that batch ``step`` (>= 0, counted from the start of the run) falls in.
 
     T_cur advances 1 / ``steps_per_epoch`` epochs per batch and is reset to 0 at the first batch where it would

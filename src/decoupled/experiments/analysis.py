@@ -120,7 +120,7 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        """"better", "worse" or "tie": whether the decoupled variant differs by more than 2 noise units."""
+        """ "better", "worse" or "tie": whether the decoupled variant differs by more than 2 noise units."""
         if math.isnan(self.noise) or abs(self.difference) <= NOISE_MULTIPLE * self.noise:
             return "tie"
         return "better" if self.difference > 0 else "worse"
@@ -225,7 +225,8 @@ def _comparison(base: OptimizerFindings, variant: OptimizerFindings, test_size: 
     standard_error = math.nan
     if len(base.best_test_errors) > 1 and len(variant.best_test_errors) > 1:
         standard_error = math.sqrt(
-            base.best_test_std**2 / len(base.best_test_errors) + variant.best_test_std**2 / len(variant.best_test_errors)
+            base.best_test_std**2 / len(base.best_test_errors)
+            + variant.best_test_std**2 / len(variant.best_test_errors)
         )
     p = (a + b) / 2
     test_set_noise = math.sqrt(max(p * (1 - p), 0.0) / test_size)

@@ -185,8 +185,10 @@ class LocalBackend:
             task_queue.put(None)  # one stop sign per worker
         processes = [
             context.Process(
-                target=_worker_main, args=(index, os.getpid(), setup, task_queue, event_queue),
-                name=f"decoupled-worker-{index}", daemon=True,
+                target=_worker_main,
+                args=(index, os.getpid(), setup, task_queue, event_queue),
+                name=f"decoupled-worker-{index}",
+                daemon=True,
             )  # fmt: skip
             for index in range(count)
         ]

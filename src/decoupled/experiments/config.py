@@ -394,8 +394,10 @@ def _axis(table: Mapping[str, Any], axis: str, where: str) -> tuple[float, ...]:
     else:
         raise ConfigError(f"{where} needs {values_key} = [values] or {log2_key} = [start, stop]")
     if not values:
-        raise ConfigError(f"empty grid: {where}.{log2_key if log2_key in table else values_key} = "
-                          f"{table.get(log2_key, table.get(values_key))!r} gives no {noun}")
+        raise ConfigError(
+            f"empty grid: {where}.{log2_key if log2_key in table else values_key} = "
+            f"{table.get(log2_key, table.get(values_key))!r} gives no {noun}"
+        )
     for value in values:
         if axis == "lr" and value <= 0:
             raise ConfigError(f"{where}.{values_key}: learning rate must be > 0, got {value!r}")

@@ -36,7 +36,9 @@ class Conv1dNet(nn.Module):
         for index in range(depth):
             stride = 1 if index == 0 else 2
             layers.append(
-                nn.Conv2d(channels, width, (1, self.kernel_size), stride=(1, stride), padding=(0, self.kernel_size // 2))
+                nn.Conv2d(
+                    channels, width, (1, self.kernel_size), stride=(1, stride), padding=(0, self.kernel_size // 2)
+                )
             )
             if batchnorm:
                 layers.append(nn.BatchNorm2d(width))

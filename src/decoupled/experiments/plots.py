@@ -108,7 +108,7 @@ def plot_heatmaps(findings: Findings, path: Path) -> Path:
     image = None
     for ax, name in zip(axes.flat, order):
         image = _panel(ax, present[name], low, high, cmap)
-    for ax in list(axes.flat)[len(order):]:
+    for ax in list(axes.flat)[len(order) :]:
         ax.axis("off")
     config = findings.config
     figure.suptitle(
@@ -150,7 +150,9 @@ def plot_curves(findings: Findings, path: Path) -> Path:
     error_ax.set_ylabel("test error (%)")
     error_ax.set_yscale("log")
     error_ax.legend(fontsize=8)
-    figure.suptitle("Best setting of each optimizer (picked on validation): mean over seeds, band = +-1 std", fontsize=10)
+    figure.suptitle(
+        "Best setting of each optimizer (picked on validation): mean over seeds, band = +-1 std", fontsize=10
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -72,7 +72,11 @@ def statements(findings: Findings) -> list[str]:
         lines.append(
             f"Basin width ({pair}): {variant.label} has {variant.basin_width} cells within {BASIN_POINTS:g} point of its "
             f"best test error, {base.label} {base.basin_width}"
-            + (" (the decoupled variant's good region is wider)." if wider else " (the decoupled variant's is not wider).")
+            + (
+                " (the decoupled variant's good region is wider)."
+                if wider
+                else " (the decoupled variant's is not wider)."
+            )
         )
     for comparison in findings.comparisons:
         lines.append(_comparison_sentence(comparison))
@@ -127,8 +131,10 @@ def _comparison_sentence(c: Comparison) -> str:
         f"difference {100 * c.difference:+.2f} points = {100 * c.relative:+.1f}% relative; noise: "
         f"{_noise_text(c)})"
     )
-    paper = "the paper reports about 15% lower test error for AdamW" if base.name == "adam" else (
-        "the paper reports SGDW about as good as or better than SGD, with easier tuning"
+    paper = (
+        "the paper reports about 15% lower test error for AdamW"
+        if base.name == "adam"
+        else ("the paper reports SGDW about as good as or better than SGD, with easier tuning")
     )
     if c.verdict == "better":
         return f"**{variant.label} generalizes better than {base.label}** here: {numbers}; {paper}."
@@ -171,8 +177,8 @@ def _setup_lines(findings: Findings, parameters: int | None) -> list[str]:
         f"weight decay on {'all parameters (as the paper)' if train.decay_scope == 'all' else 'weights only'}; "
         f"{config.seeds} seeds per cell (seed s: same initialization and batch order in every cell).",
         "Optimizers: one implementation per family, differing only in where lambda enters: SGD = "
-        "`decoupled.SGDW(decay=\"l2\")`, SGDW = `decoupled.SGDW(decay=\"decoupled\")` (momentum "
-        f"{train.momentum}), Adam = `decoupled.AdamW(decay=\"l2\")`, AdamW = `decoupled.AdamW(decay=\"decoupled\")` "
+        '`decoupled.SGDW(decay="l2")`, SGDW = `decoupled.SGDW(decay="decoupled")` (momentum '
+        f'{train.momentum}), Adam = `decoupled.AdamW(decay="l2")`, AdamW = `decoupled.AdamW(decay="decoupled")` '
         f"(betas {train.beta1}, {train.beta2}).",
         "Units (the paper's): learning rate = alpha, the peak of eta_t * alpha. For SGDW/AdamW the weight decay is "
         "lambda per step at eta_t = 1, in the decoupled convention theta <- theta - eta_t lambda theta (not multiplied "
@@ -334,7 +340,7 @@ def to_html(blocks: list[Block], folder: Path) -> str:
             data = base64.b64encode((folder / block[1]).read_bytes()).decode("ascii")
             body.append(f'<p><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}"></p>')
     return (
-        f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
 

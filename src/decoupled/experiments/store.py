@@ -199,7 +199,9 @@ class Store:
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self._transaction():
-            cursor = self._db.execute(f"INSERT OR IGNORE INTO runs ({columns}) VALUES ({marks})", tuple(values.values()))
+            cursor = self._db.execute(
+                f"INSERT OR IGNORE INTO runs ({columns}) VALUES ({marks})", tuple(values.values())
+            )
         return cursor.rowcount == 1
 
     # --------------------------------------------------------------------------------------------- reading

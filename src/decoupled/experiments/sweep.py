@@ -62,7 +62,7 @@ def plan_tasks(config: SweepConfig) -> list[RunTask]:
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without one is a ValueError."""
+    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without one is a ValueError."""
     import torch
 
     if device == "auto":

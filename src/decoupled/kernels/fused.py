@@ -143,7 +143,9 @@ def _native_takes_all(params: list[Tensor], grads: list[Tensor], buffers: list[T
     """
     dtype = params[0].dtype
     others = grads if buffers is None else [*grads, *buffers]
-    return all(map(_is_contiguous, params)) and all(map(_is_contiguous, others)) and all(t.dtype is dtype for t in others)
+    return (
+        all(map(_is_contiguous, params)) and all(map(_is_contiguous, others)) and all(t.dtype is dtype for t in others)
+    )
 
 
 def _native_takes(param: Tensor, grad: Tensor, buffer: Tensor | None) -> bool:
