@@ -1,0 +1,255 @@
+"""The statistics behind the verdicts of ``decoupled reproduce``: pure numpy, no plotting, no store.
+
+Every verdict comes from an interval, never from one argmin: an argmin over a grid of 4x steps takes a few
+discrete values, and another CPU's round-off can move it by a whole cell. Intervals move continuously with the
+data, so two machines that agree to round-off agree on every verdict unless an interval's end sits exactly on a
+threshold.
+
+* :func:`paired_interval`: a difference of test errors at two fixed cells, paired over seeds (seed s gives the
+  same initialization and batch order in every cell), with a Student-t interval.
+* :func:`basin_slope`: the orientation of the good region of a learning-rate x weight-decay grid. A quadratic
+  ``q(x, y) = a + b x + c y + d x^2 + e x y + f y^2`` is fitted to log10(error) over x = log2(lr), y =
+  log2(weight decay), on the cells that trained well. For each x the best y is the valley floor
+  y*(x) = -(c + e x) / (2 f), so d y* / d x = -e / (2 f): -1 for the paper's L2 diagonal (lambda * alpha
+  constant), 0 for an axis-aligned basin. Its interval is a parametric bootstrap (below).
+* :func:`parabola_vertex`: the best log2(weight decay) of one budget, the vertex of a parabola fitted to
+  log10(error), and :func:`scaling_exponent`: the slope of log lambda* against log(number of updates) over
+  budgets, with a bootstrap interval.
+
+The bootstrap: each replicate adds Gaussian noise to the fitted cell values and refits. Its variance per cell is
+the larger of (the pooled within-cell variance over seeds) / (seeds in the cell) and the fit's residual variance
+(which also absorbs a surface that is not exactly quadratic). 2000 replicates from a fixed generator, so the
+interval of a given set of runs is the same on every machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "LEVEL",
+    "Interval",
+    "SlopeFit",
+    "VertexFit",
+    "basin_slope",
+    "parabola_vertex",
+    "paired_interval",
+    "scaling_exponent",
+]
+
+LEVEL = 0.95  # every interval of the report is a 95% interval
+REPLICATES = 2000
+_MIN_ERROR = 1e-4  # log10 of a 0% error (a tiny test set) is -inf: such cells count as 0.01%
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a two-sided ``level`` interval [low, high]."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float = LEVEL
+    n: int = 0  # seeds (paired) or budgets/cells behind it
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def scaled(self, factor: float) -> "Interval":
+        values = sorted((self.low * factor, self.high * factor))
+        return Interval(self.estimate * factor, values[0], values[1], self.level, self.n)
+
+    def format(self, digits: int = 2, scale: float = 1.0, sign: bool = True) -> str:
+        fmt = f"{{:{'+' if sign else ''}.{digits}f}}"
+        return (
+            f"{fmt.format(self.estimate * scale)} [{fmt.format(self.low * scale)}, {fmt.format(self.high * scale)}]"
+        )
+
+
+def _t_quantile(level: float, df: int) -> float:
+    from scipy import stats as scipy_stats  # scipy comes with scikit-learn (the sweep extra)
+
+    return float(scipy_stats.t.ppf(0.5 + level / 2, df))
+
+
+def paired_interval(a: dict[int, float], b: dict[int, float], level: float = LEVEL) -> Interval | None:
+    """Mean of a[s] - b[s] over the seeds s both have, with a Student-t interval; None with < 2 common seeds.
+
+    >>> paired_interval({0: 0.30, 1: 0.32, 2: 0.31}, {0: 0.20, 1: 0.21, 2: 0.22}).estimate
+    0.1
+    """
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
+    mean = float(np.mean(d))
+    half = _t_quantile(level, len(d) - 1) * float(np.std(d, ddof=1)) / math.sqrt(len(d))
+    return Interval(round(mean, 12), mean - half, mean + half, level, len(d))
+
+
+def _log_errors(errors: np.ndarray) -> np.ndarray:
+    return np.log10(np.clip(errors, _MIN_ERROR, None))
+
+
+def _cell_noise(log_by_seed: np.ndarray, fitted_residual_var: float) -> np.ndarray:
+    """Variance of each cell's mean log error: max(pooled seed variance / n, residual variance of the fit).
+
+    ``log_by_seed``: (seeds, cells), NaN where a seed is missing."""
+    counts = np.sum(~np.isnan(log_by_seed), axis=0)
+    centred = log_by_seed - np.nanmean(log_by_seed, axis=0)
+    df = int(np.sum(np.maximum(counts - 1, 0)))
+    pooled = float(np.nansum(centred**2) / df) if df > 0 else 0.0
+    return np.maximum(pooled / np.maximum(counts, 1), fitted_residual_var)
+
+
+def _quantiles(draws: np.ndarray, undefined: int, level: float) -> tuple[float, float]:
+    """The percentile interval of bootstrap ``draws``; each of ``undefined`` replicates (no minimum, so no
+    value) counts once at -inf and once at +inf: it widens the interval, never narrows it."""
+    pool = np.concatenate([draws, np.full(undefined, -np.inf), np.full(undefined, np.inf)])
+    low, high = np.quantile(pool, [0.5 - level / 2, 0.5 + level / 2])
+    return float(low), float(high)
+
+
+def _design_2d(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.column_stack([np.ones_like(x), x, y, x * x, x * y, y * y])
+
+
+@dataclass(frozen=True)
+class SlopeFit:
+    """The basin's orientation d log(lambda*) / d log(alpha), its interval, and the cells it used."""
+
+    slope: float
+    interval: Interval
+    cells: int  # cells in the fit
+
+
+def _slope_from(coef: np.ndarray) -> float:
+    e, f = coef[4], coef[5]
+    return float(-e / (2 * f)) if f > 0 else math.nan
+
+
+def basin_slope(
+    x: Sequence[float],
+    y: Sequence[float],
+    errors_by_seed: np.ndarray,
+    usable: np.ndarray,
+    level: float = LEVEL,
+    replicates: int = REPLICATES,
+) -> SlopeFit | None:
+    """The basin orientation of a grid: x = log2 learning rates (n_x), y = log2 weight decays (n_y),
+    ``errors_by_seed`` (seeds, n_x, n_y) fractions (NaN: missing), ``usable`` (n_x, n_y) the cells to fit.
+
+    Returns None when the fit is not possible: fewer than 7 cells, fewer than 3 distinct values on an axis, or a
+    surface without a valley across the weight-decay axis (f <= 0). Replicates without a valley are dropped;
+    if more than half are, the interval is unbounded (-inf, inf): the data do not pin the orientation down.
+    """
+    xs, ys = np.meshgrid(np.asarray(x, float), np.asarray(y, float), indexing="ij")
+    mask = np.asarray(usable, bool) & np.any(~np.isnan(errors_by_seed), axis=0)
+    if mask.sum() < 7 or len(set(xs[mask])) < 3 or len(set(ys[mask])) < 3:
+        return None
+    log_by_seed = _log_errors(errors_by_seed[:, mask])
+    target = np.nanmean(log_by_seed, axis=0)
+    # Centre and scale the axes so the normal equations are well conditioned; the slope is scale-free in this
+    # sense: with x' = (x - mx) / s and y' = (y - my) / s, dy/dx = dy'/dx'.
+    mx, my = float(np.mean(xs[mask])), float(np.mean(ys[mask]))
+    scale = max(float(np.std(xs[mask])), float(np.std(ys[mask])), 1e-12)
+    design = _design_2d((xs[mask] - mx) / scale, (ys[mask] - my) / scale)
+    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+    slope = _slope_from(coef)
+    if math.isnan(slope):
+        return None
+    fitted = design @ coef
+    df = len(target) - design.shape[1]
+    residual_var = float(np.sum((target - fitted) ** 2) / df) if df > 0 else 0.0
+    sd = np.sqrt(_cell_noise(log_by_seed, residual_var))
+    rng = np.random.default_rng(20190101)
+    noise = rng.standard_normal((replicates, len(target))) * sd
+    coefs, *_ = np.linalg.lstsq(design, (fitted + noise).T, rcond=None)
+    e, f = coefs[4], coefs[5]
+    valid = f > 0
+    if valid.mean() < 0.5:
+        interval = Interval(slope, -math.inf, math.inf, level, int(mask.sum()))
+    else:
+        draws = -e[valid] / (2 * f[valid])
+        low, high = _quantiles(draws, int((~valid).sum()), level)
+        interval = Interval(slope, low, high, level, int(mask.sum()))
+    return SlopeFit(slope, interval, int(mask.sum()))
+
+
+@dataclass(frozen=True)
+class VertexFit:
+    """The best log2(weight decay) of one budget (a parabola's vertex over the cells that trained well)."""
+
+    vertex: float  # log2 lambda*
+    draws: np.ndarray  # bootstrap replicates of the vertex (NaN where a replicate has no minimum)
+    inside: bool  # the vertex lies within the fitted cells' range
+
+
+def parabola_vertex(
+    y: Sequence[float],
+    errors_by_seed: np.ndarray,
+    usable: np.ndarray,
+    *,
+    stream: int,
+    replicates: int = REPLICATES,
+) -> VertexFit | None:
+    """Vertex of log10(error) ~ a + b y + c y^2 over y = log2 weight decays (n_y,), ``errors_by_seed``
+    (seeds, n_y), ``usable`` (n_y,). None with fewer than 4 usable points or no minimum (c <= 0).
+
+    ``stream``: which random stream draws the replicates; give each budget of one exponent its own (0, 1, ...),
+    else their replicates share their noise and the exponent's interval comes out too narrow."""
+    y = np.asarray(y, float)
+    mask = np.asarray(usable, bool) & np.any(~np.isnan(errors_by_seed), axis=0)
+    if mask.sum() < 4:
+        return None
+    log_by_seed = _log_errors(errors_by_seed[:, mask])
+    target = np.nanmean(log_by_seed, axis=0)
+    centre = float(np.mean(y[mask]))
+    design = np.column_stack([np.ones(mask.sum()), y[mask] - centre, (y[mask] - centre) ** 2])
+    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+    if coef[2] <= 0:
+        return None
+    vertex = centre - coef[1] / (2 * coef[2])
+    fitted = design @ coef
+    df = len(target) - 3
+    residual_var = float(np.sum((target - fitted) ** 2) / df) if df > 0 else 0.0
+    sd = np.sqrt(_cell_noise(log_by_seed, residual_var))
+    rng = np.random.default_rng([20190102, stream])
+    coefs, *_ = np.linalg.lstsq(design, (fitted + rng.standard_normal((replicates, len(target))) * sd).T, rcond=None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        draws = np.where(coefs[2] > 0, centre - coefs[1] / (2 * coefs[2]), np.nan)
+    lo, hi = float(y[mask].min()), float(y[mask].max())
+    # A vertex far outside the fitted range is extrapolation: clip replicates to one grid span beyond it.
+    span = hi - lo
+    draws = np.clip(draws, lo - span, hi + span)
+    return VertexFit(float(vertex), draws, lo <= vertex <= hi)
+
+
+def scaling_exponent(
+    log_updates: Sequence[float], fits: Sequence[VertexFit], level: float = LEVEL
+) -> Interval | None:
+    """Least-squares slope of log2(lambda*) against log2(updates) over budgets, with the bootstrap interval
+    of the same slope over the budgets' vertex replicates; None with fewer than 2 distinct budgets."""
+    t = np.asarray(log_updates, float)
+    if len(fits) < 2 or len(set(t)) < 2:
+        return None
+    vertices = np.array([fit.vertex for fit in fits])
+    centred = t - t.mean()
+    denominator = float(np.sum(centred**2))
+    estimate = float(np.sum(centred * (vertices - vertices.mean())) / denominator)
+    draws = np.stack([fit.draws for fit in fits])  # (budgets, replicates)
+    valid = np.all(~np.isnan(draws), axis=0)
+    if valid.mean() < 0.5:
+        return Interval(estimate, -math.inf, math.inf, level, len(fits))
+    d = draws[:, valid]
+    slopes = np.sum(centred[:, None] * (d - d.mean(axis=0)), axis=0) / denominator
+    low, high = _quantiles(slopes, int((~valid).sum()), level)
+    return Interval(estimate, low, high, level, len(fits))

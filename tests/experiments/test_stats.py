@@ -1,0 +1,113 @@
+"""The statistics of the verdicts on synthetic grids with known answers, and the coverage of their intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from decoupled.experiments.stats import (
+    Interval,
+    basin_slope,
+    paired_interval,
+    parabola_vertex,
+    scaling_exponent,
+)
+
+X = np.arange(-8, -3, dtype=float)  # log2 learning rates
+Y = np.arange(-12, -2, 2, dtype=float)  # log2 weight decays
+
+
+def _grid(slope: float, seeds: int, noise: float, rng: np.random.Generator, y0: float = -7.0) -> np.ndarray:
+    """Errors whose valley floor is y = y0 + slope (x - x_mid): log10 err = -1.5 + 0.02 (x-xm)^2 + 0.03 (y-y*)^2."""
+    xs, ys = np.meshgrid(X, Y, indexing="ij")
+    floor = y0 + slope * (xs - X.mean())
+    log_error = -1.5 + 0.02 * (xs - X.mean()) ** 2 + 0.03 * (ys - floor) ** 2
+    return 10 ** (log_error[None] + noise * rng.standard_normal((seeds, *xs.shape)))
+
+
+@pytest.mark.parametrize("truth", [-1.0, 0.0, 0.5])
+def test_basin_slope_recovers_diagonal_and_axis_aligned_basins(truth):
+    rng = np.random.default_rng(1)
+    fit = basin_slope(X, Y, _grid(truth, seeds=2, noise=0.0, rng=rng), np.ones((5, 5), bool))
+    assert fit is not None and fit.slope == pytest.approx(truth, abs=1e-9)
+    assert fit.interval.low - 1e-9 <= truth <= fit.interval.high + 1e-9 and fit.interval.half_width < 1e-6
+    noisy = basin_slope(X, Y, _grid(truth, seeds=3, noise=0.02, rng=rng), np.ones((5, 5), bool))
+    assert noisy is not None and abs(noisy.slope - truth) < 0.3 and noisy.interval.contains(noisy.slope)
+
+
+def test_basin_slope_needs_enough_cells_and_a_valley():
+    rng = np.random.default_rng(0)
+    errors = _grid(0.0, 2, 0.0, rng)
+    few = np.zeros((5, 5), bool)
+    few[:2, :3] = True
+    assert basin_slope(X, Y, errors, few) is None
+    ridge = 10 ** (-1.5 - 0.03 * (Y[None, None, :] + 7.0) ** 2 + 0 * X[None, :, None])  # a maximum across y
+    assert basin_slope(X, Y, np.repeat(ridge, 2, axis=0), np.ones((5, 5), bool)) is None
+
+
+def test_basin_slope_interval_covers_the_truth_at_about_its_nominal_rate():
+    rng = np.random.default_rng(7)
+    hits = 0
+    trials = 150
+    for _ in range(trials):
+        fit = basin_slope(X, Y, _grid(-1.0, 3, 0.03, rng), np.ones((5, 5), bool), replicates=400)
+        hits += fit is not None and fit.interval.contains(-1.0)
+    assert 0.88 <= hits / trials <= 1.0  # nominal 95%; the residual-variance floor makes it a little conservative
+
+
+def _budget_errors(exponent: float, log_updates: float, seeds: int, noise: float, rng) -> np.ndarray:
+    y = np.arange(-12, -1, 1.0)
+    best = -6.0 + exponent * (log_updates - 10)
+    log_error = -1.3 + 0.02 * (y - best) ** 2
+    return 10 ** (log_error[None] + noise * rng.standard_normal((seeds, len(y))))
+
+
+def test_scaling_exponent_is_recovered_with_a_covering_interval():
+    y = np.arange(-12, -1, 1.0)
+    budgets = [9.0, 10.0, 11.0]
+    rng = np.random.default_rng(3)
+    exact = [
+        parabola_vertex(y, _budget_errors(-0.5, t, 2, 0.0, rng), np.ones(len(y), bool), stream=k)
+        for k, t in enumerate(budgets)
+    ]
+    interval = scaling_exponent(budgets, exact)
+    assert interval is not None and interval.estimate == pytest.approx(-0.5, abs=1e-9)
+    hits, trials = 0, 100
+    for _ in range(trials):
+        fits = [
+            parabola_vertex(y, _budget_errors(-0.5, t, 3, 0.02, rng), np.ones(len(y), bool), stream=k, replicates=400)
+            for k, t in enumerate(budgets)
+        ]
+        result = scaling_exponent(budgets, fits)
+        hits += result is not None and result.contains(-0.5)
+    assert 0.88 <= hits / trials <= 1.0
+
+
+def test_parabola_vertex_refuses_a_maximum_and_too_few_points():
+    y = np.arange(-6, 0, 1.0)
+    hill = 10 ** (-1 - 0.05 * (y + 3) ** 2)[None].repeat(2, axis=0)
+    assert parabola_vertex(y, hill, np.ones(len(y), bool), stream=0) is None
+    assert parabola_vertex(y[:3], hill[:, :3], np.ones(3, bool), stream=0) is None
+
+
+def test_paired_interval_mean_and_coverage():
+    assert paired_interval({0: 0.1}, {0: 0.2}) is None
+    assert paired_interval({0: 0.3, 1: 0.5}, {0: 0.2, 2: 0.1}) is None  # one common seed
+    rng = np.random.default_rng(11)
+    hits, trials = 0, 400
+    for _ in range(trials):
+        shared = rng.normal(0.1, 0.02, 4)  # the seed effect both cells share
+        a = {s: shared[s] + 0.01 + rng.normal(0, 0.005) for s in range(4)}
+        b = {s: shared[s] + rng.normal(0, 0.005) for s in range(4)}
+        hits += paired_interval(a, b).contains(0.01)
+    assert 0.91 <= hits / trials <= 0.985
+
+
+def test_interval_helpers():
+    interval = Interval(0.01, -0.002, 0.03)
+    assert interval.contains(0.0) and not interval.contains(0.05)
+    assert interval.scaled(100).format() == "+1.00 [-0.20, +3.00]"
+    assert interval.scaled(-1).low == pytest.approx(-0.03)
+    assert math.isclose(interval.half_width, 0.016)
