@@ -1,4 +1,4 @@
-"""The ``decoupled`` command line: ``decoupled sweep`` and ``decoupled report DIR``.
+"""The ``decoupled`` command line: ``decoupled sweep``, ``decoupled reproduce`` and ``decoupled report DIR...``.
 
 Each subcommand is one entry of :data:`COMMANDS` (name, help, a function that adds its arguments, a function
 that runs it and returns the exit code), so another command (``bench``) is one more entry. Bad input gets one
@@ -160,6 +160,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
     prog = "decoupled sweep"
     out: Path | None = None
+    from .experiments.findings.common import is_experiment_preset
+
+    if is_experiment_preset(args.preset):  # a finding's experiment (presets/f1.toml ... f5.toml): several arms
+        return _run_experiment_preset(args)
     try:
         config = load_sweep_config(args.preset, args.config, _overrides(args))
         if args.threads < 1:
@@ -211,22 +215,191 @@ def _run_sweep(args: argparse.Namespace) -> int:
     return EXIT_FAILED_RUNS if summary.failed else EXIT_OK
 
 
+def _execution(args: argparse.Namespace, out: Path, prog: str):
+    """ExecutionOptions from the flags shared by sweep and reproduce (device, workers, threads, backend)."""
+    from .experiments.config import ConfigError
+    from .experiments.sweep import ExecutionOptions, default_workers, resolve_device
+
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.backend == "ray":
+        from .experiments.ray_backend import connect, resolve_address
+
+        address, origin = resolve_address(args.ray_address)
+        cluster = connect(address, origin=origin)
+        device = cluster.device(args.device)
+        default = cluster.slots(device, args.threads)
+        print(f"{prog}: on {cluster.describe()}", flush=True)
+    elif args.ray_address is not None:
+        raise ConfigError("--ray-address needs --backend ray")
+    else:
+        device = resolve_device(args.device)
+        default = default_workers(device)
+    workers = args.workers if args.workers is not None else default
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    return ExecutionOptions(out=out, workers=workers, device=device, threads=args.threads, backend=args.backend,
+                            address=args.ray_address)  # fmt: skip
+
+
+def _summary_line(summary) -> str:
+    return (
+        f"recorded {summary.recorded} runs ({summary.diverged} diverged), {summary.skipped} were already stored"
+        + (f", {summary.duplicates} recorded meanwhile by another sweep" if summary.duplicates else "")
+        + (f", {len(summary.failed)} FAILED (not recorded; re-run to retry)" if summary.failed else "")
+        + f"; {summary.wall_time_s / 60:.1f} minutes"
+    )
+
+
+def _run_experiment_preset(args: argparse.Namespace) -> int:
+    """``decoupled sweep --preset f4``: one finding's experiment (all its arms, and those of the findings it
+    reads) into one folder, then its report."""
+    from .experiments.backends import BackendError
+    from .experiments.config import ConfigError
+    from .experiments.data import DataError
+    from .experiments.findings.common import load_experiment
+    from .experiments.progress import make_progress
+    from .experiments.reproduce import render_finding, run_experiment
+    from .experiments.store import StoreError
+
+    prog = "decoupled sweep"
+    out: Path | None = None
+    try:
+        if args.config is not None:
+            raise ConfigError(f"--config layers over a sweep preset; {args.preset!r} is a finding's experiment "
+                              "(use --set KEY=VALUE, which applies to each of its arms)")  # fmt: skip
+        experiment = load_experiment(args.preset, overrides=_overrides(args))
+        out = Path(args.out) if args.out else _default_out(args.preset)
+        options = _execution(args, out, prog)
+        print(f"decoupled sweep '{args.preset}' ({experiment.finding}): {len(experiment.arms)} arms; output folder: "
+              f"{out}", flush=True)  # fmt: skip
+        summary = run_experiment(experiment, options, make_progress(sys.stdout), include_needs=True)
+    except (ConfigError, DataError, StoreError, ValueError) as error:
+        return _fail(prog, str(error))
+    except BackendError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return EXIT_FAILED_RUNS
+    except KeyboardInterrupt:
+        where = f" in {out}; the same command with --out {out} resumes" if out else ""
+        print(f"\n{prog}: interrupted; finished runs are stored{where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(_summary_line(summary), flush=True)
+    if not args.no_report:
+        result = render_finding(out)
+        print(f"{result.finding}: {result.verdict}; report: {out / 'report.md'} and {out / 'report.html'}")
+    print(f"output folder: {out}")
+    return EXIT_FAILED_RUNS if summary.failed else EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------ reproduce
+
+
+def _add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
+    from .experiments.backends import BACKENDS
+
+    parser.add_argument("--out", metavar="DIR", help="output folder; the same folder again resumes "
+                        "(default: runs/reproduce-TIME)")  # fmt: skip
+    parser.add_argument("--only", metavar="LIST", help="comma-separated findings, e.g. F1,F4 (default: all five)")
+    parser.add_argument("--smoke", action="store_true", help="every experiment at toy size (a minute or two)")
+    parser.add_argument("--workers", type=int, metavar="N", help="runs at once (default: CPU cores, or GPUs)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if visible")
+    parser.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per CPU worker")
+    parser.add_argument("--backend", default="local", choices=BACKENDS, help="execution backend (default: local)")
+    parser.add_argument("--ray-address", metavar="ADDRESS", help="--backend ray: the cluster")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config key for every experiment's arms (e.g. --set seeds=3)")  # fmt: skip
+    parser.add_argument("--no-report", action="store_true", help="do not render the reports at the end")
+
+
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from .experiments.backends import BackendError
+    from .experiments.config import ConfigError, parse_override, set_path
+    from .experiments.data import DataError
+    from .experiments.progress import make_progress
+    from .experiments.reproduce import parse_only, render_reproduction, reproduce
+    from .experiments.store import StoreError
+
+    prog = "decoupled reproduce"
+    out: Path | None = None
+    try:
+        findings = parse_only(args.only)
+        overrides: dict = {}
+        for item in args.set:
+            path, value = parse_override(item)
+            set_path(overrides, path, value)
+        out = Path(args.out) if args.out else _default_out("reproduce-smoke" if args.smoke else "reproduce")
+        options = _execution(args, out, prog)
+        print(f"{prog}: {', '.join(findings)}{' (smoke)' if args.smoke else ''}; output folder: {out}", flush=True)
+
+        def progress_for(name: str):
+            print(f"--- {name}: {out / name}", flush=True)
+            return make_progress(sys.stdout)
+
+        started = time.monotonic()
+        summaries = reproduce(out, findings, args.smoke, options, progress_for, overrides or None)
+    except (ConfigError, DataError, StoreError, ValueError) as error:
+        return _fail(prog, str(error))
+    except BackendError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return EXIT_FAILED_RUNS
+    except KeyboardInterrupt:
+        where = f" in {out}; the same command with --out {out} resumes" if out else ""
+        print(f"\n{prog}: interrupted; finished runs are stored{where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    for name, summary in summaries.items():
+        print(f"{name}: {_summary_line(summary)}", flush=True)
+    failed = any(summary.failed for summary in summaries.values())
+    if not args.no_report:
+        markdown, page = render_reproduction(out)
+        print(f"report: {markdown} and {page}")
+        for line in markdown.read_text(encoding="utf-8").splitlines():
+            if line.startswith("| F"):
+                cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+                print(f"  {cells[0]}: {cells[4].strip('*')}")
+    print(f"{(time.monotonic() - started) / 60:.1f} minutes; output folder: {out}")
+    return EXIT_FAILED_RUNS if failed else EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------------- report
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", metavar="DIR", help="a sweep's output folder (holding results.sqlite)")
+    parser.add_argument("folders", nargs="+", metavar="DIR",
+                        help="an output folder of sweep, sweep --preset fN or reproduce; two or more: side by side")
+    parser.add_argument("--out", metavar="DIR", help="with two or more folders: where the comparison goes "
+                        "(default: runs/compare-TIME)")  # fmt: skip
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from .experiments.compare import render_comparison
+    from .experiments.reproduce import folder_kind, render_finding, render_reproduction
     from .experiments.report import render_report
     from .experiments.store import StoreError
 
+    prog = "decoupled report"
+    folders = [Path(folder) for folder in args.folders]
     try:
-        paths = render_report(args.folder)
+        for folder in folders:
+            if not folder.is_dir():
+                raise StoreError(f"{str(folder)!r} is not a folder (give an output folder of sweep or reproduce)")
+        for folder in folders:
+            kind = folder_kind(folder)
+            if kind == "reproduction":
+                markdown, page = render_reproduction(folder)
+                print(f"report: {markdown} and {page}")
+            elif kind == "finding":
+                result = render_finding(folder)
+                print(f"{result.finding}: {result.verdict}; report: {folder / 'report.md'} and {folder / 'report.html'}")
+            else:
+                _print_report_paths(render_report(folder))
+        if len(folders) > 1:
+            out = Path(args.out) if args.out else _default_out("compare")
+            markdown, page = render_comparison(folders, out)
+            print(f"comparison: {markdown} and {page}")
+        elif args.out is not None:
+            raise StoreError("--out is for a comparison of two or more folders")
     except StoreError as error:
-        return _fail("decoupled report", str(error))
-    _print_report_paths(paths)
+        return _fail(prog, str(error))
     return EXIT_OK
 
 
@@ -237,7 +410,18 @@ COMMANDS: list[Command] = [
         _add_sweep_arguments,
         _run_sweep,
     ),
-    Command("report", "re-render a sweep's report, figures and CSV from its store", _add_report_arguments, _run_report),
+    Command(
+        "reproduce",
+        "run every finding of the paper (F1-F5), one experiment each, with a verdict (resumes in the same --out)",
+        _add_reproduce_arguments,
+        _run_reproduce,
+    ),
+    Command(
+        "report",
+        "re-render the report of an output folder from its store; with two or more, compare them side by side",
+        _add_report_arguments,
+        _run_report,
+    ),
 ]
 
 

@@ -10,7 +10,12 @@ Conventions (stated in the report too):
   well (the row's best validation error at most 2x the optimizer's best) and whose best weight decay is > 0:
   in rows that barely trained every weight decay is about as bad, and their argmin is noise;
 * the basin width is the number of cells whose mean test error is within 1 point of the lowest mean test
-  error of that optimizer's grid (the test-error heatmap's best cell).
+  error of that optimizer's grid (the test-error heatmap's best cell);
+* a cell where any seed diverged is a diverged cell: it is drawn with an x and never picked, ringed, counted
+  in a basin or used by a slope (its mean is at least 100% / seeds, and its other seeds say little);
+* the basin orientation (``basin``, :func:`stats.basin_slope`) is the whole-grid statistic behind F1's verdict:
+  a quadratic fit to log10(test error) over the cells that trained well (mean test error at most 2x the best
+  cell's), its valley's slope d log2(lambda*) / d log2(alpha), with a 95% bootstrap interval.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .config import OPTIMIZERS, OptimizerGrid, SweepConfig
+from .stats import SlopeFit, basin_slope
 
 __all__ = ["Comparison", "Findings", "OptimizerFindings", "analyze", "run_error"]
 
@@ -48,7 +54,7 @@ class OptimizerFindings:
     test_std: np.ndarray
     runs: np.ndarray  # runs per cell
     diverged: np.ndarray  # diverged runs per cell
-    best: tuple[int, int] | None  # picked on validation
+    best: tuple[int, int] | None  # picked on validation, never a diverged cell
     best_test_errors: list[float] = field(default_factory=list)  # per seed, of the best cell
     best_curves: dict[str, np.ndarray] = field(default_factory=dict)  # mean per epoch: train_loss, test_error
     best_curves_std: dict[str, np.ndarray] = field(default_factory=dict)
@@ -59,6 +65,34 @@ class OptimizerFindings:
     basin_width: int = 0
     cells_measured: int = 0
     edges: list[str] = field(default_factory=list)  # where the best cell touches the grid's edge
+    val_by_seed: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))  # [seed, lr, wd], NaN: no run
+    test_by_seed: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
+    basin: SlopeFit | None = None  # the whole-grid basin orientation (module docstring)
+    best_seed_curves: dict[int, np.ndarray] = field(default_factory=dict)  # seed -> test error per epoch, best cell
+
+    @property
+    def diverged_cells(self) -> np.ndarray:
+        """Cells where at least one seed diverged (never picked, ringed or counted)."""
+        return self.diverged > 0
+
+    @property
+    def usable(self) -> np.ndarray:
+        """Cells with runs and no diverged seed."""
+        return (self.runs > 0) & ~self.diverged_cells
+
+    def cell_errors(self, cell: tuple[int, int], split: str = "test") -> dict[int, float]:
+        """Seed -> final ``split`` error of one cell (1.0 for a diverged seed)."""
+        table = self.test_by_seed if split == "test" else self.val_by_seed
+        return {s: float(table[s][cell]) for s in range(table.shape[0]) if not np.isnan(table[s][cell])}
+
+    def best_in(self, cells: np.ndarray) -> tuple[int, int] | None:
+        """The usable cell of lowest mean validation error among ``cells`` (a boolean mask); None if none."""
+        mask = cells & self.usable
+        if not mask.any():
+            return None
+        flat = int(np.argmin(np.where(mask, self.val_mean, np.inf)))
+        i, j = np.unravel_index(flat, mask.shape)
+        return int(i), int(j)
 
     @property
     def name(self) -> str:
@@ -96,9 +130,10 @@ class OptimizerFindings:
 
     def top_cells(self, count: int = 10) -> list[tuple[int, int]]:
         """The ``count`` cells of lowest mean test error (as marked in the paper's Figure 2)."""
-        flat = np.argsort(np.where(np.isnan(self.test_mean), np.inf, self.test_mean), axis=None)
+        usable = self.usable
+        flat = np.argsort(np.where(usable, self.test_mean, np.inf), axis=None, kind="stable")
         cells = [tuple(int(i) for i in np.unravel_index(index, self.test_mean.shape)) for index in flat]
-        return [cell for cell in cells if not np.isnan(self.test_mean[cell])][:count]  # type: ignore[misc]
+        return [cell for cell in cells if usable[cell]][:count]  # type: ignore[misc]
 
 
 @dataclass
@@ -143,8 +178,11 @@ class Findings:
         return next((f for f in self.optimizers if f.name == name), None)
 
 
-def _optimizer_findings(grid: OptimizerGrid, cell_rows: dict[tuple[int, int], list[dict]]) -> OptimizerFindings:
+def _optimizer_findings(
+    grid: OptimizerGrid, cell_rows: dict[tuple[int, int], list[dict]], seeds: int
+) -> OptimizerFindings:
     shape = (len(grid.lrs), len(grid.weight_decays))
+    val_by_seed, test_by_seed = np.full((seeds, *shape), np.nan), np.full((seeds, *shape), np.nan)
     val_mean, test_mean, test_std = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     runs, diverged = np.zeros(shape, dtype=int), np.zeros(shape, dtype=int)
     for cell, rows in cell_rows.items():
@@ -154,19 +192,34 @@ def _optimizer_findings(grid: OptimizerGrid, cell_rows: dict[tuple[int, int], li
         test_std[cell] = np.std(tests, ddof=1) if len(tests) > 1 else np.nan
         runs[cell] = len(rows)
         diverged[cell] = sum(r["diverged"] for r in rows)
+        for r in rows:
+            val_by_seed[(r["seed"], *cell)] = run_error(r, "val")
+            test_by_seed[(r["seed"], *cell)] = run_error(r, "test")
     findings = OptimizerFindings(grid, val_mean, test_mean, test_std, runs, diverged, None)
+    findings.val_by_seed, findings.test_by_seed = val_by_seed, test_by_seed
     findings.cells_measured = int((runs > 0).sum())
-    if findings.cells_measured == 0:
+    findings.best = findings.best_in(np.ones(shape, bool))
+    if findings.best is None:  # no runs, or every cell diverged: nothing to pick, ring or fit
         return findings
-    best = np.unravel_index(np.nanargmin(val_mean), shape)
-    findings.best = (int(best[0]), int(best[1]))
     best_rows = sorted(cell_rows[findings.best], key=lambda r: r["seed"])
     findings.best_test_errors = [run_error(r, "test") for r in best_rows]
     findings.best_curves, findings.best_curves_std = _curves(best_rows)
+    epochs = len(findings.best_curves["test_error"])
+    findings.best_seed_curves = {
+        r["seed"]: np.array(list(r["test_error"]) + [1.0] * (epochs - len(r["test_error"])), dtype=float)
+        for r in best_rows
+    }
     findings.edges = _edges(grid, findings.best)
     _slope(findings)
-    best_test = np.nanmin(test_mean)
-    findings.basin_width = int(np.sum(test_mean <= best_test + BASIN_POINTS / 100 + 1e-12))
+    usable = findings.usable
+    best_test = float(np.min(test_mean[usable]))
+    findings.basin_width = int(np.sum(usable & (test_mean <= best_test + BASIN_POINTS / 100 + 1e-12)))
+    positive = np.array(grid.weight_decays)[None, :] > 0
+    trained = usable & positive & (test_mean <= TRAINED_WITHIN * best_test)
+    if positive.any():
+        findings.basin = basin_slope(
+            np.log2(grid.lrs), np.log2(np.where(positive[0], grid.weight_decays, 1.0)), test_by_seed, trained
+        )
     return findings
 
 
@@ -199,12 +252,13 @@ def _edges(grid: OptimizerGrid, cell: tuple[int, int]) -> list[str]:
 def _slope(findings: OptimizerFindings) -> None:
     grid = findings.grid
     points = []
-    threshold = TRAINED_WITHIN * np.nanmin(findings.val_mean)
+    usable = findings.usable
+    threshold = TRAINED_WITHIN * float(np.min(findings.val_mean[usable]))
     for i, lr in enumerate(grid.lrs):
-        row = findings.val_mean[i]
-        if np.all(np.isnan(row)) or np.nanmin(row) > threshold:
+        row = np.where(usable[i], findings.val_mean[i], np.inf)
+        if not np.isfinite(row).any() or row.min() > threshold:
             continue
-        j = int(np.nanargmin(row))
+        j = int(np.argmin(row))
         if grid.weight_decays[j] <= 0:
             continue
         points.append((lr, grid.weight_decays[j]))
@@ -249,7 +303,7 @@ def analyze(config: SweepConfig, rows: list[dict[str, Any]]) -> Findings:
             continue
         cells[where[0]].setdefault((where[1], where[2]), []).append(row)
         used.append(row)
-    optimizers = [_optimizer_findings(grid, cells[grid.optimizer]) for grid in config.grids]
+    optimizers = [_optimizer_findings(grid, cells[grid.optimizer], config.seeds) for grid in config.grids]
     by_name = {f.name: f for f in optimizers}
     comparisons = [
         _comparison(by_name[base], by_name[variant], config.data.test_size)

@@ -48,7 +48,7 @@ __all__ = [
 
 DATASETS = ("mnist1d", "digits", "cifar10")
 MODELS = ("conv1d", "mlp", "shake_shake")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "step", "warm_restarts")
 DECAY_SCOPES = ("all", "weights")
 
 
@@ -109,7 +109,10 @@ class TrainConfig:
 
     epochs: int = 15  # passes over the training set
     batch_size: int = 128  # examples per step
-    schedule: str = "cosine"  # eta_t: cosine from 1 to 0 over the run, stepped per batch | constant (eta_t = 1)
+    # eta_t, stepped per batch: cosine from 1 to 0 over the run | constant (eta_t = 1) | step (x0.1 at 30%, 60% and
+    # 80% of the run, the paper's drops at epochs 30, 60, 80 of 100) | warm_restarts (cosine periods doubling from
+    # epochs / (2^k - 1), k restarts filling the run, with the weight decay read as lambda_norm: AdamWR / SGDWR)
+    schedule: str = "cosine"
     momentum: float = 0.9  # sgd/sgdw: beta1 of Algorithm 1 (the momentum mu)
     beta1: float = 0.9  # adam/adamw
     beta2: float = 0.999  # adam/adamw

@@ -1,4 +1,10 @@
-"""Figures of the report (matplotlib, written as PNG): Figure 2-style heatmaps and Figure 3-4-style curves."""
+"""Figures of the report (matplotlib, written as PNG): Figure 2-style heatmaps and Figure 3-4-style curves.
+
+Readable at a glance: every cell label picks black or white by the luminance of its own colour; the validation
+map (which picks the cells) sits beside the test map (which reports them); each cell shows its seed spread
+(+-std) under its mean; a cell where any seed diverged is hatched and labelled, and never ringed or picked.
+Curves use percent axes, whole-epoch ticks and a legend on every panel.
+"""
 
 from __future__ import annotations
 
@@ -33,9 +39,9 @@ def _tick(value: float) -> str:
 
 
 def color_range(findings: Findings) -> tuple[float, float]:
-    """One color scale (test error in %) shared by all panels: from the lowest cell to the lowest + max(5
+    """One color scale (error in %) shared by all panels: from the lowest usable cell to the lowest + max(5
     points, 2x the lowest), so the good region keeps its detail; worse cells saturate (the colorbar says so)."""
-    means = [f.test_mean[~np.isnan(f.test_mean)] for f in findings.optimizers]
+    means = [np.concatenate([f.test_mean[f.usable], f.val_mean[f.usable]]) for f in findings.optimizers]
     values = np.concatenate(means) * 100 if means else np.array([])
     if values.size == 0:
         return 0.0, 100.0
@@ -43,9 +49,19 @@ def color_range(findings: Findings) -> tuple[float, float]:
     return low, min(100.0, low + max(5.0, 2 * low))
 
 
-def _panel(ax, opt: OptimizerFindings, low: float, high: float, cmap):
+def _text_color(cmap, low: float, high: float, value: float) -> str:
+    """Black or white, whichever reads better on the cell's colour (WCAG relative luminance)."""
+    r, g, b, _ = cmap(min(max((value - low) / max(high - low, 1e-9), 0.0), 1.0))
+    luminance = 0.2126 * r**2.2 + 0.7152 * g**2.2 + 0.0722 * b**2.2
+    return "black" if luminance > 0.18 else "white"
+
+
+def _panel(ax, opt: OptimizerFindings, split: str, low: float, high: float, cmap):
     grid = opt.grid
-    data = (opt.test_mean * 100).T  # rows: weight decay (y), columns: learning rate (x)
+    means = opt.test_mean if split == "test" else opt.val_mean
+    table = opt.test_by_seed if split == "test" else opt.val_by_seed
+    shown = np.where(opt.usable, means, np.nan)
+    data = (shown * 100).T  # rows: weight decay (y), columns: learning rate (x)
     image = ax.imshow(np.ma.masked_invalid(data), origin="lower", cmap=cmap, vmin=low, vmax=high, aspect="equal")
     ax.set_xticks(range(len(grid.lrs)), [_tick(v) for v in grid.lrs], fontsize=8)
     ax.set_yticks(range(len(grid.weight_decays)), [_tick(v) for v in grid.weight_decays], fontsize=8)
@@ -55,28 +71,41 @@ def _panel(ax, opt: OptimizerFindings, low: float, high: float, cmap):
         ax.set_ylabel(r"L2 factor $\lambda$  ($g \leftarrow g + \lambda\theta$)", fontsize=9)
     else:
         ax.set_ylabel(r"weight decay $\lambda$  ($\theta \leftarrow \theta - \eta_t\lambda\theta$)", fontsize=9)
-    small = len(grid.lrs) * len(grid.weight_decays) <= 100
-    for (i, j), value in np.ndenumerate(opt.test_mean):
-        if np.isnan(value):
+    small = len(grid.lrs) * len(grid.weight_decays) <= 64
+    from matplotlib.patches import Rectangle
+
+    for (i, j), value in np.ndenumerate(means):
+        if opt.runs[i, j] == 0:
             continue
-        if opt.diverged[i, j] == opt.runs[i, j]:
-            ax.text(i, j, "x", ha="center", va="center", fontsize=9, color="white")
-        elif small:
-            shade = (value * 100 - low) / max(high - low, 1e-9)
-            ax.text(i, j, f"{100 * value:.1f}", ha="center", va="center", fontsize=6.5,
-                    color="white" if shade > 0.6 else "black")  # fmt: skip
-    for i, j in opt.top_cells(10):
-        ax.add_patch(_circle(i, j))
+        if opt.diverged[i, j]:
+            ax.add_patch(Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor="#eeeeee", edgecolor="#999999", hatch="xx",
+                                   linewidth=0))  # fmt: skip
+            ax.text(i, j, f"diverged\n{opt.diverged[i, j]}/{opt.runs[i, j]}", ha="center", va="center", fontsize=6.5,
+                    color="black")  # fmt: skip
+            continue
+        if small:
+            seeds = table[:, i, j][~np.isnan(table[:, i, j])]
+            label = f"{100 * value:.1f}"
+            if len(seeds) > 1:
+                label += f"\n$\\pm${100 * float(np.std(seeds, ddof=1)):.1f}"
+            ax.text(i, j, label, ha="center", va="center", fontsize=7, linespacing=0.9,
+                    color=_text_color(cmap, low, high, 100 * value))  # fmt: skip
+    if split == "test":
+        for i, j in opt.top_cells(10):
+            ax.add_patch(_circle(i, j))
     if opt.best is not None:
         ax.add_patch(_square(*opt.best))
-        title = f"{opt.label}: {100 * opt.best_test_mean:.2f}% test"
-        if not math.isnan(opt.best_test_std):
-            title += f" $\\pm$ {100 * opt.best_test_std:.2f}"
+        if split == "test":
+            title = f"{opt.label}: test error, {100 * opt.best_test_mean:.2f}%"
+            if not math.isnan(opt.best_test_std):
+                title += f" $\\pm$ {100 * opt.best_test_std:.2f}"
+        else:
+            title = f"{opt.label}: validation error (picks the cell)"
         if not opt.inside:
             title += "  [edge]"
     else:
-        title = f"{opt.label}: no runs"
-    ax.set_title(title, fontsize=10)
+        title = f"{opt.label}: " + ("every cell diverged" if opt.cells_measured else "no runs")
+    ax.set_title(title, fontsize=9.5)
     return image
 
 
@@ -84,7 +113,7 @@ def _circle(i: int, j: int):
     """A ring inside cell (i, j) (cells are square: the panels keep an equal aspect)."""
     from matplotlib.patches import Ellipse
 
-    return Ellipse((i, j), 0.8, 0.8, fill=False, edgecolor="black", linewidth=1.1)
+    return Ellipse((i, j), 0.9, 0.9, fill=False, edgecolor="black", linewidth=1.0)
 
 
 def _square(i: int, j: int):
@@ -94,62 +123,96 @@ def _square(i: int, j: int):
 
 
 def plot_heatmaps(findings: Findings, path: Path) -> Path:
-    """One panel per optimizer (SGD, SGDW / Adam, AdamW), test error in % on one shared color scale; circles mark
-    the 10 best cells on test error, the red square the cell picked on validation; x: diverged in every seed."""
+    """Two panels per optimizer, test error and validation error in % on one shared colour scale (SGD, SGDW /
+    Adam, AdamW); rings mark the 10 best usable cells on test error, the red square the cell picked on
+    validation; hatched cells diverged in at least one seed; grey cells have no runs."""
     plt = _pyplot()
     present = {f.name: f for f in findings.optimizers}
     order = [name for name in _PANEL_ORDER if name in present]
-    columns = 2 if len(order) > 1 else 1
-    rows = math.ceil(len(order) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.3 * rows), squeeze=False)
+    order += [f.name for f in findings.optimizers if f.name not in order]
+    per_row = 2 if len(order) > 1 else 1
+    rows = max(math.ceil(len(order) / per_row), 1)
+    columns = 2 * per_row
+    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 4.4 * rows), squeeze=False)
     low, high = color_range(findings)
     cmap = plt.get_cmap("viridis").copy()
     cmap.set_bad("#dddddd")  # cells not run (yet)
     image = None
-    for ax, name in zip(axes.flat, order):
-        image = _panel(ax, present[name], low, high, cmap)
-    for ax in list(axes.flat)[len(order) :]:
+    flat = list(axes.flat)
+    for index, name in enumerate(order):
+        image = _panel(flat[2 * index], present[name], "test", low, high, cmap)
+        _panel(flat[2 * index + 1], present[name], "val", low, high, cmap)
+    for ax in flat[2 * len(order) :]:
         ax.axis("off")
     config = findings.config
     figure.suptitle(
-        f"Test error (%) on {config.data.dataset}, {config.train.epochs} epochs, {config.train.schedule} schedule, "
-        f"mean of {config.seeds} seed{'s' if config.seeds > 1 else ''}\n"
-        "rings: 10 best cells on test error; red square: best cell picked on validation; x: diverged",
+        f"Final error (%) on {config.data.dataset}, {config.train.epochs} epochs, {config.train.schedule} schedule, "
+        f"mean of {config.seeds} seed{'s' if config.seeds > 1 else ''} (second line: +-std over seeds)\n"
+        "rings: 10 best cells on test error; red square: the cell picked on validation; hatched: diverged",
         fontsize=10,
     )
-    figure.tight_layout(rect=(0, 0, 0.9, 1))
+    figure.tight_layout(rect=(0, 0, 0.93, 1))
     if image is not None:
-        bar_axes = figure.add_axes((0.91, 0.12, 0.018, 0.72))
+        bar_axes = figure.add_axes((0.945, 0.12, 0.012, 0.72))
         bar = figure.colorbar(image, cax=bar_axes, extend="max" if high < 100 else "neither")
-        bar.set_label("test error (%)")
+        bar.set_label("error (%)")
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
 
 
+def epoch_axis(ax, epochs: int) -> None:
+    """Whole-epoch ticks on an epoch axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlim(0.5, max(epochs, 1) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+
+
+def percent_axis(ax, label: str) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.set_ylabel(label)
+
+
 def plot_curves(findings: Findings, path: Path) -> Path:
-    """Training loss and test error per epoch of each optimizer's best (validation-picked) cell, mean over
-    seeds with a band of +- one standard deviation."""
+    """Training loss and validation/test error per epoch of each optimizer's best (validation-picked) cell, mean
+    over seeds with a band of +- one standard deviation. Optimizers without a usable cell are left out."""
     plt = _pyplot()
     figure, (loss_ax, error_ax) = plt.subplots(1, 2, figsize=(11, 4))
     colors = {"sgd": "tab:blue", "sgdw": "tab:cyan", "adam": "tab:red", "adamw": "tab:orange"}
+    epochs, positive_loss = 1, False
     for opt in findings.optimizers:
         if opt.best is None:
             continue
         label = f"{opt.label} (lr {format_power_of_two(opt.best_lr)}, wd {format_power_of_two(opt.best_weight_decay)})"
-        for ax, key, scale in ((loss_ax, "train_loss", 1.0), (error_ax, "test_error", 100.0)):
+        for ax, key, scale, style, suffix in (
+            (loss_ax, "train_loss", 1.0, "-", ""),
+            (error_ax, "test_error", 100.0, "-", " test"),
+            (error_ax, "val_error", 100.0, "--", " validation"),
+        ):
             mean = opt.best_curves[key] * scale
-            std = opt.best_curves_std[key] * scale
-            epochs = np.arange(1, len(mean) + 1)
-            ax.plot(epochs, mean, color=colors.get(opt.name), label=label)
-            ax.fill_between(epochs, mean - std, mean + std, color=colors.get(opt.name), alpha=0.2, linewidth=0)
-    loss_ax.set_yscale("log")
-    loss_ax.set_xlabel("epoch")
+            std = np.nan_to_num(opt.best_curves_std[key] * scale)
+            steps = np.arange(1, len(mean) + 1)
+            epochs = max(epochs, len(mean))
+            ax.plot(steps, mean, style, color=colors.get(opt.name), label=label + suffix)
+            if style == "-":
+                ax.fill_between(steps, mean - std, mean + std, color=colors.get(opt.name), alpha=0.2, linewidth=0)
+            if key == "train_loss" and np.any(np.isfinite(mean) & (mean > 0)):
+                positive_loss = True
+    if positive_loss:  # a log axis needs a positive value: a sweep whose every run diverged has none
+        loss_ax.set_yscale("log")
     loss_ax.set_ylabel("training loss (cross-entropy, mean over the epoch)")
-    error_ax.set_xlabel("epoch")
-    error_ax.set_ylabel("test error (%)")
-    error_ax.set_yscale("log")
-    error_ax.legend(fontsize=8)
+    percent_axis(error_ax, "error (%): test solid, validation dashed")
+    for ax in (loss_ax, error_ax):
+        epoch_axis(ax, epochs)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no optimizer has a cell that trained (every run diverged)", ha="center",
+                    va="center", transform=ax.transAxes, fontsize=9)  # fmt: skip
     figure.suptitle(
         "Best setting of each optimizer (picked on validation): mean over seeds, band = +-1 std", fontsize=10
     )

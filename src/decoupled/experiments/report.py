@@ -23,10 +23,6 @@ from .train import format_power_of_two
 
 __all__ = ["ReportPaths", "render_report", "statements"]
 
-# Where a result counts as showing the paper's decoupling: L2's best weight decay falls with the learning rate
-# (slope <= -0.5; -1 is "lambda * alpha constant") while the decoupled one stays (|slope| < 0.5).
-L2_SLOPE_AT_MOST = -0.5
-DECOUPLED_SLOPE_BELOW = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,15 +55,13 @@ def _slope(opt: OptimizerFindings) -> str:
 def statements(findings: Findings) -> list[str]:
     """The findings as plain sentences, each with its numbers; the first ones say what is and is not shown."""
     lines: list[str] = []
-    for base_name, variant_name in (("sgd", "sgdw"), ("adam", "adamw")):
-        base, variant = findings.by_name(base_name), findings.by_name(variant_name)
-        if base is None or variant is None or base.best is None or variant.best is None:
-            continue
+    from .findings.f1 import pair_sentence, pair_verdicts
+
+    for base, variant, verdict in pair_verdicts(findings):
         pair = f"{base.label} vs {variant.label}"
-        if base.slope is None or variant.slope is None:
-            lines.append(f"Decoupling ({pair}): not measurable, fewer than two learning-rate rows trained well.")
-        else:
-            lines.append(_decoupling_sentence(base, variant))
+        lines.append(pair_sentence(base, variant, verdict))
+        if base.best is None or variant.best is None:
+            continue
         wider = variant.basin_width > base.basin_width
         lines.append(
             f"Basin width ({pair}): {variant.label} has {variant.basin_width} cells within {BASIN_POINTS:g} point of its "
@@ -105,23 +99,6 @@ def statements(findings: Findings) -> list[str]:
             "setting can show is the decoupling of learning rate and weight decay, and it need not show the gap."
         )
     return lines
-
-
-def _decoupling_sentence(base: OptimizerFindings, variant: OptimizerFindings) -> str:
-    """Each slope against the paper's Figure 2 (L2: about -1, a diagonal; decoupled: about 0, axis-aligned)."""
-    l2_as_paper = base.slope is not None and base.slope <= L2_SLOPE_AT_MOST
-    decoupled_as_paper = variant.slope is not None and abs(variant.slope) < DECOUPLED_SLOPE_BELOW
-    verdict = {2: "shown", 1: "partly shown", 0: "NOT shown"}[int(l2_as_paper) + int(decoupled_as_paper)]
-    l2_text = (
-        f"with L2 the best weight decay {'falls' if base.slope < 0 else 'rises'} as the learning rate rises "
-        f"(slope {base.slope:+.2f} over {base.slope_rows} rows; "
-        f"{'as' if l2_as_paper else 'more weakly than' if base.slope < 0 else 'unlike'} the paper's diagonal, about -1)"
-    )
-    variant_text = (
-        f"with decoupled decay {'it stays put' if decoupled_as_paper else 'it moves too'} (slope "
-        f"{variant.slope:+.2f} over {variant.slope_rows} rows; the paper's is about 0)"
-    )
-    return f"**Decoupling {verdict} ({base.label} vs {variant.label})**, cf. Figure 2: {l2_text}; {variant_text}."
 
 
 def _comparison_sentence(c: Comparison) -> str:
@@ -199,18 +176,21 @@ def _setup_lines(findings: Findings, parameters: int | None) -> list[str]:
 def _optimizer_table(findings: Findings) -> tuple[list[str], list[list[str]]]:
     header = [
         "optimizer", "convention", "best lr", "best weight decay", "val error", "test error (mean +- std)", "seeds",
-        "optimum inside grid", "decoupling slope (rows)", f"basin width (cells within {BASIN_POINTS:g} pt)",
+        "optimum inside grid", "basin slope [95% interval]", "decoupling slope (argmin per row; rows)",
+        f"basin width (cells within {BASIN_POINTS:g} pt)",
     ]  # fmt: skip
     rows = []
     for opt in findings.optimizers:
         spec = OPTIMIZERS[opt.name]
         if opt.best is None:
-            rows.append([opt.label, spec.weight_decay_meaning] + ["no runs"] + [""] * 7)
+            what = "every cell diverged" if opt.cells_measured else "no runs"
+            rows.append([opt.label, spec.weight_decay_meaning, what] + [""] * 8)
             continue
         rows.append([
             opt.label, spec.weight_decay_meaning, format_power_of_two(opt.best_lr),
             format_power_of_two(opt.best_weight_decay), _pct(opt.best_val_mean), _pm(opt),
             str(len(opt.best_test_errors)), "yes" if opt.inside else f"NO ({', '.join(opt.edges)})",
+            "n/a" if opt.basin is None else opt.basin.interval.format(2),
             f"{_slope(opt)} ({opt.slope_rows})", f"{opt.basin_width} of {opt.cells_measured}",
         ])  # fmt: skip
     return header, rows
@@ -240,14 +220,21 @@ def _method_lines() -> list[str]:
         "Relative improvement = (L2 error - decoupled error) / L2 error. Seed noise: standard error of the difference, "
         "sqrt(s1^2/n1 + s2^2/n2); test-set noise: sqrt(p(1-p)/N_test). A difference counts beyond "
         f"{NOISE_MULTIPLE:g} x the larger of the two.",
-        "Decoupling slope: least-squares slope of log10(best weight decay) against log10(learning rate), one point per "
+        "Basin slope (the verdict's basis): a quadratic fitted to log10(test error) over log2(learning rate) x "
+        "log2(weight decay), on the cells without a diverged seed whose mean test error is at most "
+        f"{TRAINED_WITHIN:g}x the best cell's; the slope of its valley floor, d log(lambda*) / d log(alpha) (-1: the "
+        "L2 diagonal, 0: axis-aligned), with a 95% parametric-bootstrap interval (2000 refits with each cell's "
+        "seed noise). F1 is reproduced for a family when the decoupled interval lies above the L2 one and within "
+        "+-0.5 of 0; partly when one of the two holds; inconclusive when an interval is wider than +-1.",
+        "Argmin slope (for comparison only): least-squares slope of log10(best weight decay) against log10(learning rate), one point per "
         "learning-rate row (its best weight decay on validation), over rows that trained well (row's best "
         f"validation error at most {TRAINED_WITHIN:g}x the optimizer's best). L2 with a slope of -1 keeps "
         "lambda x alpha constant (the diagonal of Figure 2); "
         "0 means the best weight decay does not depend on the learning rate.",
         f"Basin width: cells whose mean test error is within {BASIN_POINTS:g} point of the grid's lowest.",
         "Heatmaps: rings mark the 10 cells of lowest test error (as in Figure 2), the red square the cell picked on "
-        "validation, x a cell that diverged in every seed, grey a cell without runs.",
+        "validation, hatched a cell where a seed diverged (never ringed, picked or counted), grey a cell without runs; "
+        "the validation map beside each test map is the one that picks the cells.",
     ]
 
 
@@ -280,38 +267,10 @@ def build_document(findings: Findings, out: Path, parameters: int | None) -> lis
     return blocks
 
 
-def to_markdown(blocks: list[Block]) -> str:
-    parts = []
-    for block in blocks:
-        kind = block[0]
-        if kind == "h1":
-            parts.append(f"# {block[1]}")
-        elif kind == "h2":
-            parts.append(f"## {block[1]}")
-        elif kind == "p":
-            parts.append(block[1])
-        elif kind == "ul":
-            parts.append("\n".join(f"- {item}" for item in block[1]))
-        elif kind == "table":
-            header, rows = block[1], block[2]
-            lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-            parts.append("\n".join(lines))
-        elif kind == "img":
-            parts.append(f"![{block[2]}]({block[1]})")
-    return "\n\n".join(parts) + "\n"
-
-
-def _inline_html(text: str) -> str:
-    escaped = html.escape(text)
-    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
-
-
 _CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 img { max-width: 100%; }
 code { background: #f3f3f3; padding: 0 0.2em; }
@@ -319,30 +278,49 @@ li { margin: 0.3em 0; }
 """
 
 
+def _inline_html(text: str) -> str:
+    escaped = html.escape(str(text))
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    escaped = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
+
+
+def _template():
+    import jinja2  # comes with torch; listed in the sweep extra too
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("decoupled.experiments", "templates"), autoescape=False, keep_trailing_newline=True
+    )
+    environment.filters["inline"] = _inline_html
+    environment.filters["cell"] = lambda cell: str(cell).replace("|", "\\|")
+    return environment.get_template("report.j2")
+
+
+def _title(blocks: list[Block]) -> str:
+    return next((block[1] for block in blocks if block[0] == "h1"), "decoupled report")
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    """The document as Markdown (the same template as :func:`to_html`)."""
+    text = _template().render(blocks=blocks, html=False)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
 def to_html(blocks: list[Block], folder: Path) -> str:
     """A single HTML file: images are inlined as base64 data URLs, so it can be mailed or archived alone."""
-    body = []
-    title = "decoupled sweep report"
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2", "p"):
-            tag = kind
-            body.append(f"<{tag}>{_inline_html(block[1])}</{tag}>")
-            if kind == "h1":
-                title = block[1]
-        elif kind == "ul":
-            body.append("<ul>" + "".join(f"<li>{_inline_html(item)}</li>" for item in block[1]) + "</ul>")
-        elif kind == "table":
-            head = "".join(f"<th>{_inline_html(cell)}</th>" for cell in block[1])
-            rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>" for row in block[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif kind == "img":
-            data = base64.b64encode((folder / block[1]).read_bytes()).decode("ascii")
-            body.append(f'<p><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}"></p>')
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    template = _template()
+    template.environment.filters["data_url"] = (
+        lambda name: "data:image/png;base64," + base64.b64encode((folder / name).read_bytes()).decode("ascii")
     )
+    return template.render(blocks=blocks, html=True, title=_title(blocks), css=_CSS)
+
+
+def write_document(blocks: list[Block], folder: Path, stem: str) -> tuple[Path, Path]:
+    """``stem``.md and ``stem``.html in ``folder`` (images named in ``blocks`` are files in ``folder``)."""
+    markdown, page = folder / f"{stem}.md", folder / f"{stem}.html"
+    markdown.write_text(to_markdown(blocks), encoding="utf-8")
+    page.write_text(to_html(blocks, folder), encoding="utf-8")
+    return markdown, page
 
 
 def render_report(folder: str | Path) -> ReportPaths:
@@ -359,8 +337,5 @@ def render_report(folder: str | Path) -> ReportPaths:
     curves = plot_curves(findings, folder / CURVES_FILENAME)
     parameters = next((row["extra"].get("parameters") for row in rows if row["extra"].get("parameters")), None)
     blocks = build_document(findings, folder, parameters)
-    markdown = folder / "report.md"
-    markdown.write_text(to_markdown(blocks), encoding="utf-8")
-    page = folder / "report.html"
-    page.write_text(to_html(blocks, folder), encoding="utf-8")
+    markdown, page = write_document(blocks, folder, "report")
     return ReportPaths(markdown, page, heatmaps, curves, folder / CSV_FILENAME)

@@ -114,7 +114,7 @@ def _quantiles(draws: np.ndarray, undefined: int, level: float) -> tuple[float, 
     """The percentile interval of bootstrap ``draws``; each of ``undefined`` replicates (no minimum, so no
     value) counts once at -inf and once at +inf: it widens the interval, never narrows it."""
     pool = np.concatenate([draws, np.full(undefined, -np.inf), np.full(undefined, np.inf)])
-    low, high = np.quantile(pool, [0.5 - level / 2, 0.5 + level / 2])
+    low, high = np.quantile(pool, [0.5 - level / 2, 0.5 + level / 2], method="inverted_cdf")  # no inf - inf
     return float(low), float(high)
 
 

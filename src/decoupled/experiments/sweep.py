@@ -21,7 +21,7 @@ from .progress import SweepProgress
 from .store import STORE_FILENAME, Store
 from .train import RunTask
 
-__all__ = ["ExecutionOptions", "SweepSummary", "default_workers", "plan_tasks", "resolve_device", "run_sweep"]
+__all__ = ["ExecutionOptions", "SweepSummary", "default_workers", "plan_tasks", "resolve_device", "run_sweep", "run_sweeps"]
 
 CSV_FILENAME = "results.csv"
 
@@ -100,22 +100,42 @@ def run_sweep(config: SweepConfig, options: ExecutionOptions, progress: SweepPro
 
     Raises ConfigError/DataError/StoreError (bad input; nothing stored is touched) before any run starts.
     """
+    return run_sweeps([config], options, progress)
+
+
+def run_sweeps(configs: list[SweepConfig], options: ExecutionOptions, progress: SweepProgress) -> SweepSummary:
+    """:func:`run_sweep` for several sweeps on the same data into one store (the arms of one experiment of
+    ``decoupled reproduce``), on one backend: the workers start once and load the data once. A run shared by
+    two sweeps (the same config and seed) runs once."""
+    if not configs:
+        raise ValueError("run_sweeps needs at least one sweep config")
+    data = configs[0].data
+    for config in configs[1:]:
+        if config.data != data:
+            raise ValueError(f"sweeps {configs[0].name!r} and {config.name!r} use different data; run them apart")
     started = time.monotonic()
     summary = SweepSummary()
     cache_dir = options.out / "data"
     if (options.out / STORE_FILENAME).exists():
         Store.open(options.out, create=False).close()  # refuse an incompatible store before any other work
-    prepare_data(config.data, cache_dir)  # fails early, in this process and before any folder is made for it
+    prepare_data(data, cache_dir)  # fails early, in this process and before any folder is made for it
     # Before the store too: a backend that cannot be used (Ray missing, a cluster out of reach) changes nothing.
     backend = make_backend(options.backend, options.workers, options.threads, address=options.address)
     with Store.open(options.out) as store:
-        tasks = plan_tasks(config)
+        tasks: list[RunTask] = []
+        seen: set[tuple[str, int]] = set()
+        for config in configs:
+            for task in plan_tasks(config):
+                if task.key not in seen:
+                    seen.add(task.key)
+                    tasks.append(task)
         summary.planned = len(tasks)
         finished = store.finished_keys()
         todo = [task for task in tasks if task.key not in finished]
         summary.skipped = len(tasks) - len(todo)
-        store.add_sweep(config, provenance.code_version())
-        setup = WorkerSetup(config.data, str(cache_dir), options.device, options.threads)
+        for config in configs:
+            store.add_sweep(config, provenance.code_version())
+        setup = WorkerSetup(data, str(cache_dir), options.device, options.threads)
         progress.begin(len(todo), summary.skipped, min(backend.workers, max(len(todo), 1)))
         try:
             # closing(): an interrupted sweep stops its workers now, not whenever the generator is collected.

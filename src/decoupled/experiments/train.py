@@ -26,7 +26,9 @@ from .config import OPTIMIZERS, RunConfig
 from .data import Splits
 from .models import build_model, count_parameters
 
-__all__ = ["RunRecord", "RunTask", "make_optimizer", "seed_everything", "train_run"]
+__all__ = [
+    "RunRecord", "RunTask", "make_optimizer", "make_scheduler", "seed_everything", "train_run", "warm_restart_periods"
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,48 @@ def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer
     )
 
 
+STEP_DROPS = (0.3, 0.6, 0.8)  # fractions of the run where the step schedule multiplies eta_t by 0.1
+
+
+def warm_restart_periods(epochs: int) -> tuple[float, list[float]]:
+    """The warm-restart schedule of a run of ``epochs``: (first period T_0, epochs at which each period ends).
+
+    Periods double (T_mult = 2) and fill the run exactly: k = floor(log2(epochs + 1)) periods of T_0 * 2^i with
+    T_0 = epochs / (2^k - 1); 15 epochs give periods 1, 2, 4, 8 ending at epochs 1, 3, 7, 15.
+
+    >>> warm_restart_periods(15)
+    (1.0, [1.0, 3.0, 7.0, 15.0])
+    """
+    count = max(1, int(math.floor(math.log2(epochs + 1) + 1e-9)))
+    first = epochs / (2**count - 1)
+    ends, total = [], 0.0
+    for i in range(count):
+        total += first * 2**i
+        ends.append(round(total, 9))
+    return first, ends
+
+
+def make_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
+    """The eta_t schedule of ``config.train.schedule``, stepped once per batch (None for a constant eta_t)."""
+    train = config.train
+    if train.schedule == "cosine":
+        # One cosine period over the whole run: eta_t = 0.5 (1 + cos(pi t / T)), t and T in epochs, per batch.
+        return decoupled.CosineWarmRestarts(optimizer, first_period=train.epochs, steps_per_epoch=steps_per_epoch)
+    if train.schedule == "warm_restarts":
+        # AdamWR / SGDWR: the grid's weight decay is lambda_norm, turned into lambda = lambda_norm sqrt(b / (B T_i))
+        # at the start of every period (b / B = 1 / steps_per_epoch, as the authors' code).
+        first, _ = warm_restart_periods(train.epochs)
+        return decoupled.CosineWarmRestarts(
+            optimizer, first_period=first, steps_per_epoch=steps_per_epoch, period_mult=2.0,
+            weight_decay_norm=config.weight_decay,
+        )  # fmt: skip
+    if train.schedule == "step":
+        total = train.epochs * steps_per_epoch
+        drops = [math.ceil(fraction * total) for fraction in STEP_DROPS]
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.1 ** sum(step >= d for d in drops))
+    return None
+
+
 def _error(model: nn.Module, splits: Splits, x: Tensor, y: Tensor, batch_size: int) -> float:
     """Fraction of misclassified examples, in eval mode (BatchNorm uses its running statistics)."""
     model.eval()
@@ -128,10 +172,7 @@ def train_run(config: RunConfig, seed: int, splits: Splits, device: torch.device
     optimizer = make_optimizer(config, model)
     train = config.train
     steps_per_epoch = math.ceil(len(splits.x_train) / train.batch_size)
-    scheduler = None
-    if train.schedule == "cosine":
-        # One cosine period over the whole run: eta_t = 0.5 (1 + cos(pi t / T)), t and T in epochs, per batch.
-        scheduler = decoupled.CosineWarmRestarts(optimizer, first_period=train.epochs, steps_per_epoch=steps_per_epoch)
+    scheduler = make_scheduler(config, optimizer, steps_per_epoch)
     order = torch.Generator().manual_seed(seed)  # batch order and augmentation, on the CPU for reproducibility
     record = RunRecord(config, seed, device=str(device))
     record.extra = {"parameters": count_parameters(model), "steps_per_epoch": steps_per_epoch}

@@ -1,0 +1,125 @@
+"""The findings' own figures: intervals against 0 and the paper, F4's budgets, F5's schedules and curves."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..plots import _pyplot, epoch_axis, percent_axis
+from ..stats import Interval
+
+_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+
+
+def _forest(ax, items: Sequence[tuple[str, Interval | None]], xlabel: str, paper: Sequence[float | None] = ()) -> None:
+    """One row per interval (points), a line at 0, the paper's value as a red diamond where given."""
+    paper = list(paper) + [None] * (len(items) - len(paper))
+    for row, ((label, interval), value) in enumerate(zip(items, paper)):
+        y = len(items) - 1 - row
+        if interval is None:
+            ax.text(0, y, "n/a (fewer than 2 seeds)", va="center", ha="center", fontsize=8, color="#666666")
+        else:
+            low, high = max(interval.low, -1e3), min(interval.high, 1e3)
+            ax.plot([100 * low, 100 * high], [y, y], color="black", linewidth=2)
+            ax.plot([100 * interval.estimate], [y], "o", color="black")
+        if value is not None:
+            ax.plot([100 * value], [y], "D", color="red", label="the paper" if row == 0 or value else None)
+    ax.axvline(0, color="#888888", linewidth=1, linestyle="--")
+    ax.set_yticks(range(len(items)), [label for label, _ in reversed(items)], fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylim(-0.7, len(items) - 0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles[:1], labels[:1], fontsize=8, loc="lower right")
+
+
+def plot_intervals(
+    items: Sequence[tuple[str, Interval | None]],
+    path: Path,
+    xlabel: str,
+    title: str,
+    paper: Sequence[float | None] = (),
+) -> Path:
+    """A forest plot of error differences in points: estimate and 95% interval per row, 0 dashed."""
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(8, 0.6 * len(items) + 1.6))
+    _forest(ax, items, xlabel, paper)
+    ax.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_budgets(budgets: dict[tuple[str, str], Any], optimizers: Sequence[str], path: Path) -> Path:
+    """F4: test error against raw lambda (left) and lambda_norm (right), one curve per budget, per optimizer;
+    the fitted lambda* of each budget as a dotted vertical line."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(len(optimizers), 2, figsize=(11, 3.8 * len(optimizers)), squeeze=False)
+    for row, name in enumerate(optimizers):
+        arms = sorted(((arm, b) for (n, arm), b in budgets.items() if n == name and b is not None),
+                      key=lambda item: item[1].updates)  # fmt: skip
+        for column, normalized in enumerate((False, True)):
+            ax = axes[row][column]
+            for k, (arm, b) in enumerate(arms):
+                color = _COLORS[k % len(_COLORS)]
+                scale = 1 / b.normalizer if normalized else 1.0
+                x = 2**b.log2_lambdas * scale
+                ok = ~np.isnan(x)
+                ax.plot(x[ok], 100 * b.test_mean[ok], "o-", color=color, markersize=3,
+                        label=f"{arm}: {b.updates} updates")  # fmt: skip
+                if b.fit is not None:
+                    ax.axvline(2**b.fit.vertex * scale, color=color, linestyle=":", linewidth=1)
+            ax.set_xscale("log", base=2)
+            low = min((float(np.nanmin(b.test_mean)) for _, b in arms), default=0.0)
+            ax.set_ylim(100 * low * 0.9, min(100.0, 100 * low * 2.5 + 1))
+            percent_axis(ax, "test error (%)")
+            label = {"adamw": "AdamW", "sgdw": "SGDW"}.get(name, name)
+            ax.set_xlabel(r"$\lambda_{norm} = \lambda / \sqrt{b / (B T)}$" if normalized else r"raw $\lambda$")
+            ax.set_title(f"{label}: against {'normalized' if normalized else 'raw'} weight decay", fontsize=10)
+            if arms:
+                ax.legend(fontsize=7)
+    figure.suptitle("F4: curves that line up on the right mean normalized decay removes the budget dependence;"
+                    " dotted: fitted lambda*", fontsize=10)  # fmt: skip
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_schedules(
+    comparisons: Sequence[tuple[str, Interval | None]], curves: dict[str, Any], ends: Sequence[float], path: Path
+) -> Path:
+    """F5: the schedule differences as intervals (left); test (solid) and validation (dashed) error against
+    epoch for each cosine / warm-restart pair (right), restarts marked with vertical lines."""
+    plt = _pyplot()
+    panels = max(len(curves), 1)
+    figure, axes = plt.subplots(1, 1 + panels, figsize=(6 + 5 * panels, 4.4), squeeze=False)
+    _forest(axes[0][0], comparisons, "test-error difference (points); > 0: the paper's direction")
+    axes[0][0].set_title("F5: schedules (95% intervals, paired over seeds)", fontsize=10)
+    for ax, (name, (cos, wr)) in zip(axes[0][1:], curves.items()):
+        epochs = 1
+        for opt, color, what in ((cos, "tab:blue", "cosine"), (wr, "tab:red", "warm restarts")):
+            for key, style, split in (("test_error", "-", "test"), ("val_error", "--", "validation")):
+                curve = 100 * opt.best_curves[key]
+                epochs = max(epochs, len(curve))
+                ax.plot(np.arange(1, len(curve) + 1), curve, style, color=color, label=f"{opt.label} {what}, {split}")
+        for k, end in enumerate(ends[:-1]):
+            ax.axvline(end + 0.0, color="#999999", linestyle=":", linewidth=1, label="restart" if k == 0 else None)
+        finite = [100 * float(np.nanmin(o.best_curves["test_error"])) for o in (cos, wr)]
+        low = min(finite) if finite and all(math.isfinite(v) for v in finite) else 0.0
+        ax.set_ylim(low * 0.8, min(100.0, low * 4 + 2))
+        epoch_axis(ax, epochs)
+        percent_axis(ax, "error (%)")
+        ax.set_title(f"{cos.label}: cosine vs warm restarts (anytime)", fontsize=10)
+        ax.legend(fontsize=7)
+    if not curves:
+        axes[0][1].text(0.5, 0.5, "no warm-restart runs", ha="center", va="center", transform=axes[0][1].transAxes)
+        axes[0][1].axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

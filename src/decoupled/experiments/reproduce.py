@@ -1,0 +1,239 @@
+"""``decoupled reproduce``: every finding of the paper, one experiment each, with a verdict from the data.
+
+Layout of an output folder::
+
+    OUT/reproduction.json          which findings, smoke or not (so ``decoupled report OUT`` re-renders it)
+    OUT/reproduction.md, .html     one table row per finding (F1 .. F5), then a section per finding
+    OUT/F1/ ... OUT/F5/            one experiment each: its own resumable store (results.sqlite), experiment.json,
+                                   report.md/.html, its figure and results.csv
+
+Each finding's folder is an ordinary output folder: ``decoupled report OUT/F4`` re-renders that finding alone,
+and running the same command again resumes every experiment where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .config import ConfigError
+from .findings import FINDINGS
+from .findings.common import EXPERIMENT_FILENAME, Experiment, FindingResult, load_experiment, read_arms
+from .progress import SweepProgress
+from .report import Block, write_document
+from .store import StoreError
+from .sweep import ExecutionOptions, SweepSummary, run_sweeps
+
+__all__ = [
+    "MANIFEST_FILENAME",
+    "folder_kind",
+    "parse_only",
+    "render_finding",
+    "render_reproduction",
+    "reproduce",
+    "run_experiment",
+]
+
+MANIFEST_FILENAME = "reproduction.json"
+
+
+def parse_only(text: str | None) -> list[str]:
+    """``"F4,f2"`` -> ["F2", "F4"] (in the paper's order); None -> all. Unknown names are a ConfigError."""
+    if text is None:
+        return list(FINDINGS)
+    names = [part.strip().upper() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ConfigError(f"--only {text!r} names no finding; choose from {', '.join(FINDINGS)}")
+    for name in names:
+        if name not in FINDINGS:
+            raise ConfigError(f"--only: unknown finding {name!r}; choose from {', '.join(FINDINGS)}")
+    return [name for name in FINDINGS if name in names]
+
+
+def with_needs(findings: Sequence[str]) -> list[str]:
+    """``findings`` plus those whose runs they read (F3 reads F2's), in the paper's order."""
+    wanted = set(findings)
+    for name in findings:
+        wanted |= set(load_experiment(_preset(name)).needs)
+    return [name for name in FINDINGS if name in wanted]
+
+
+def _preset(finding: str) -> str:
+    return FINDINGS[finding].__name__.rsplit(".", 1)[-1]  # module f4 <-> preset f4
+
+
+def run_experiment(
+    experiment: Experiment, options: ExecutionOptions, progress: SweepProgress, *, include_needs: bool
+) -> SweepSummary:
+    """Run every arm of ``experiment`` not yet in ``options.out``'s store. ``include_needs``: also run the arms
+    of the findings it reads (standalone ``decoupled sweep --preset f3``) into the same folder."""
+    arms = list(experiment.arms)
+    if include_needs:
+        for need in experiment.needs:
+            arms += [arm for arm in load_experiment(_preset(need), experiment.smoke).arms]
+        experiment = replace(experiment, arms=tuple(arms))
+    folder = options.out
+    if (folder / EXPERIMENT_FILENAME).exists():
+        previous = Experiment.read(folder)
+        if previous.finding != experiment.finding or previous.smoke != experiment.smoke:
+            raise ConfigError(
+                f"{str(folder)!r} holds experiment {previous.finding}{' (smoke)' if previous.smoke else ''}; "
+                f"use another --out folder for {experiment.finding}{' (smoke)' if experiment.smoke else ''}"
+            )
+    experiment.write(folder)  # first: a folder killed halfway is still a finding's folder, for report and resume
+    return run_sweeps([arm.config for arm in arms], options, progress)
+
+
+def _gather(folder: Path, experiment: Experiment) -> dict[tuple[str, str], Any]:
+    """Every arm the finding's analysis reads: its own store's, and for each need not in it, the sibling
+    folder's (OUT/F2 next to OUT/F3) when there is one."""
+    arms = read_arms(folder, experiment)
+    have = {finding for finding, _ in arms}
+    for need in experiment.needs:
+        sibling = folder.parent / need
+        if need not in have and (sibling / EXPERIMENT_FILENAME).exists():
+            arms.update(read_arms(sibling, Experiment.read(sibling)))
+    return arms
+
+
+def _setup_text(experiment: Experiment) -> str:
+    config = experiment.arms[0].config
+    data, model, train = config.data, config.model, config.train
+    arms = ", ".join(arm.name for arm in experiment.arms if arm.finding == experiment.finding)
+    cells = sum(g.cells for arm in experiment.arms for g in arm.config.grids)
+    return (
+        f"{data.dataset} ({data.train_size} train / {data.val_size} validation / {data.test_size} test), "
+        f"{model.name} width {model.width}, {train.epochs} epochs of batch {train.batch_size}, {config.seeds} seeds; "
+        f"arms: {arms}; {cells} cells"
+    )
+
+
+def render_finding(folder: str | Path) -> FindingResult:
+    """Analyze a finding's folder from its store(s) alone, write its figure and report.md/.html, and return
+    its result (the row and section of the reproduction report)."""
+    folder = Path(folder)
+    try:
+        experiment = Experiment.read(folder)
+    except (OSError, ValueError, KeyError) as error:
+        raise StoreError(f"{str(folder)!r} holds no readable {EXPERIMENT_FILENAME} ({error})") from None
+    arms = _gather(folder, experiment)
+    module = FINDINGS[experiment.finding]
+    result: FindingResult = module.analyze(arms, folder)
+    own = [f for (finding, _), f in arms.items() if finding == experiment.finding]
+    result.runs = sum(f.runs_used for f in own)
+    result.runs_expected = sum(f.runs_expected for f in own)
+    result.wall_time_s = sum(f.wall_time_total_s for f in own)
+    result.setup = _setup_text(experiment)
+    hardware = next((f.hardware for f in own if f.hardware), {})
+    blocks = [("h1", f"{result.finding}: {result.title}" + (" (smoke)" if experiment.smoke else ""))]
+    blocks += _summary_table([result], link=False)
+    blocks += _section(result, hardware, level="h2")
+    write_document(blocks, folder, "report")
+    (folder / "result.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+    return result
+
+
+def _summary_table(results: Sequence[FindingResult], link: bool, prefix: str = "") -> list[Block]:
+    header = ["finding", "the paper's claim", "the paper measured", "ours (95% interval)", "verdict", "figure"]
+    rows = []
+    for r in results:
+        target = f"{prefix}{r.finding}/{r.figure}" if link else r.figure
+        rows.append([r.finding, r.claim, r.paper, r.ours, f"**{r.verdict}**", f"[{r.figure}]({target})"])
+    return [("table", header, rows)]
+
+
+def _section(result: FindingResult, hardware: dict, level: str = "h2", prefix: str = "") -> list[Block]:
+    blocks: list[Block] = [(level, f"{result.finding}: {result.title} -- {result.verdict}")]
+    blocks.append(("p", f"**The paper:** {result.claim} {result.paper}."))
+    blocks.append(("ul", result.details))
+    for caption, header, rows in result.tables:
+        blocks += [("p", f"**{caption}**"), ("table", header, rows)]
+    blocks.append(("img", f"{prefix}{result.figure}", result.figure_caption))
+    cpu = hardware.get("cpu") or hardware.get("processor") or hardware.get("machine") or "unknown CPU"
+    cores = hardware.get("cores")
+    blocks.append(("p", f"Setup: {result.setup}. {result.runs} of {result.runs_expected} runs stored "
+                        f"({result.wall_time_s / 60:.1f} minutes of run time summed over workers, on {cpu}"
+                        + (f", {cores} cores" if cores else "") + ")."))  # fmt: skip
+    return blocks
+
+
+def render_reproduction(out: str | Path) -> tuple[Path, Path]:
+    """Re-render every finding's folder under ``out`` and the reproduction report from the stores alone."""
+    out = Path(out)
+    try:
+        manifest = json.loads((out / MANIFEST_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise StoreError(f"{str(out)!r} holds no readable {MANIFEST_FILENAME} ({error})") from None
+    results, hardware = [], {}
+    for finding in manifest["findings"]:
+        folder = out / finding
+        if not (folder / EXPERIMENT_FILENAME).exists():
+            continue
+        results.append(render_finding(folder))
+        hardware = hardware or _hardware(folder)
+    smoke = " (smoke: toy sizes, the machinery only; these verdicts mean nothing)" if manifest.get("smoke") else ""
+    blocks: list[Block] = [
+        ("h1", f"Decoupled weight decay: the paper's findings on this machine{smoke}"),
+        ("p", f"Output folder `{out}`, rendered {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from each "
+              f"finding's store (`decoupled report {out}` renders it again; the same `decoupled reproduce` resumes)."),
+        ("p", "Verdicts come from 95% intervals over seeds, by fixed rules (docs/reproduce.md): **reproduced**, "
+              "**partly**, **not reproduced at this scale**, **inconclusive** (the interval is too wide to tell)."),
+    ]  # fmt: skip
+    blocks += _summary_table(results, link=True)
+    for result in results:
+        for block in _section(result, hardware, prefix=f"{result.finding}/"):
+            blocks.append(block)
+    return write_document(blocks, out, "reproduction")
+
+
+def _hardware(folder: Path) -> dict:
+    try:
+        experiment = Experiment.read(folder)
+        arms = read_arms(folder, experiment)
+    except (OSError, ValueError, StoreError):
+        return {}
+    return next((f.hardware for f in arms.values() if f.hardware), {})
+
+
+def reproduce(
+    out: Path,
+    findings: Sequence[str],
+    smoke: bool,
+    options: ExecutionOptions,
+    progress_for: Callable[[str], SweepProgress],
+    overrides: dict | None = None,
+) -> dict[str, SweepSummary]:
+    """Run each finding's experiment (and those it reads) into OUT/<finding>, then render the report.
+    Every config is loaded and checked before the first run starts."""
+    order = with_needs(findings)
+    experiments = {name: load_experiment(_preset(name), smoke, overrides) for name in order}
+    manifest_path = out / MANIFEST_FILENAME
+    if manifest_path.exists():
+        previous = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if bool(previous.get("smoke")) != smoke:
+            raise ConfigError(f"{str(out)!r} holds a {'smoke ' if previous.get('smoke') else ''}reproduction; "
+                              f"use another --out folder for {'--smoke' if smoke else 'the full one'}")  # fmt: skip
+        order_all = [n for n in FINDINGS if n in set(previous.get("findings", [])) | set(order)]
+    else:
+        order_all = order
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path.write_text(json.dumps({"findings": order_all, "smoke": smoke}, indent=1) + "\n", encoding="utf-8")
+    summaries = {}
+    for name in order:
+        folder = out / name
+        summaries[name] = run_experiment(
+            experiments[name], replace(options, out=folder), progress_for(name), include_needs=False
+        )
+    return summaries
+
+
+def folder_kind(folder: Path) -> str:
+    """What ``decoupled report`` finds in a folder: "reproduction", "finding" or "sweep"."""
+    if (folder / MANIFEST_FILENAME).exists():
+        return "reproduction"
+    if (folder / EXPERIMENT_FILENAME).exists():
+        return "finding"
+    return "sweep"
