@@ -205,10 +205,7 @@ def _optimizer_findings(
     findings.best_test_errors = [run_error(r, "test") for r in best_rows]
     findings.best_curves, findings.best_curves_std = _curves(best_rows)
     epochs = len(findings.best_curves["test_error"])
-    findings.best_seed_curves = {
-        r["seed"]: np.array(list(r["test_error"]) + [1.0] * (epochs - len(r["test_error"])), dtype=float)
-        for r in best_rows
-    }
+    findings.best_seed_curves = {r["seed"]: np.array(_padded(r, "test_error", 1.0, epochs)) for r in best_rows}
     findings.edges = _edges(grid, findings.best)
     _slope(findings)
     usable = findings.usable
@@ -229,12 +226,21 @@ def _curves(rows: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarr
     epochs = max(len(r["test_error"]) for r in rows) if rows else 0
     epochs = max(epochs, max((r["config"]["train"]["epochs"] for r in rows), default=0))
     for key, fill in (("test_error", 1.0), ("val_error", 1.0), ("train_loss", math.nan)):
-        table = np.array([list(r[key]) + [fill] * (epochs - len(r[key])) for r in rows], dtype=float)
+        table = np.array([_padded(r, key, fill, epochs) for r in rows], dtype=float)
         with warnings.catch_warnings():  # epochs after every seed diverged are all-NaN: nan is the answer
             warnings.simplefilter("ignore", RuntimeWarning)
             means[key] = np.nanmean(table, axis=0) if len(table) else np.array([])
             stds[key] = np.nanstd(table, axis=0, ddof=1) if len(table) > 1 else np.zeros(epochs)
     return means, stds
+
+
+def _padded(row: dict, key: str, fill: float, epochs: int) -> list[float]:
+    """A run's per-epoch ``key`` over ``epochs`` epochs: a diverged run's missing epochs are ``fill``; a run
+    measured only after its last epoch (train.curves = false) has NaN before it."""
+    values = list(row[key])
+    if key != "train_loss" and not row["config"]["train"].get("curves", True) and not row["diverged"]:
+        return [math.nan] * (epochs - len(values)) + values
+    return values + [fill] * (epochs - len(values))
 
 
 def _edges(grid: OptimizerGrid, cell: tuple[int, int]) -> list[str]:

@@ -119,6 +119,9 @@ class TrainConfig:
     eps: float = 1e-8  # adam/adamw: added to sqrt(vhat)
     decay_scope: str = "all"  # all: decay every parameter (as the paper) | weights: not biases/norm parameters
     eval_batch_size: int = 2048  # examples per forward pass when measuring errors (memory only, not results)
+    # Measure validation and test error after every epoch (the curves) or only after the last one: evaluation
+    # costs more than training on a small training set, and only F5's figure needs the curves.
+    curves: bool = True
 
 
 @dataclass(frozen=True)
@@ -149,9 +152,20 @@ class RunConfig:
         return asdict(self)
 
     def key(self) -> str:
-        """A stable 16-hex-digit hash of the config (independent of dict order and of Python versions)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """A stable 16-hex-digit hash of the config (independent of dict order and of Python versions).
+
+        Keys added after the store's first version are left out of the hash while they hold their default, so
+        the runs of a store written before them still count as done."""
+        raw = self.to_dict()
+        for table, name in _KEYS_ADDED_LATER:
+            if raw[table][name] == getattr(_DEFAULTS[table], name):
+                del raw[table][name]
+        text = json.dumps(raw, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_KEYS_ADDED_LATER = (("train", "curves"),)  # (table, key): hashed only when not at their default
+_DEFAULTS = {"data": DataConfig(), "model": ModelConfig(), "train": TrainConfig()}
 
 
 @dataclass(frozen=True)

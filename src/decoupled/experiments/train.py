@@ -176,7 +176,7 @@ def train_run(config: RunConfig, seed: int, splits: Splits, device: torch.device
     order = torch.Generator().manual_seed(seed)  # batch order and augmentation, on the CPU for reproducibility
     record = RunRecord(config, seed, device=str(device))
     record.extra = {"parameters": count_parameters(model), "steps_per_epoch": steps_per_epoch}
-    for _ in range(train.epochs):
+    for epoch in range(train.epochs):
         model.train()
         permutation = torch.randperm(len(splits.x_train), generator=order).to(splits.x_train.device)
         total_loss = torch.zeros((), device=device)
@@ -202,8 +202,9 @@ def train_run(config: RunConfig, seed: int, splits: Splits, device: torch.device
             record.diverged = True
             break
         record.train_loss.append(mean_loss)
-        record.val_error.append(_error(model, splits, splits.x_val, splits.y_val, train.eval_batch_size))
-        record.test_error.append(_error(model, splits, splits.x_test, splits.y_test, train.eval_batch_size))
+        if train.curves or epoch == train.epochs - 1:  # without curves: one evaluation, after the last epoch
+            record.val_error.append(_error(model, splits, splits.x_val, splits.y_val, train.eval_batch_size))
+            record.test_error.append(_error(model, splits, splits.x_test, splits.y_test, train.eval_batch_size))
     if not record.diverged:
         record.final_val_error = record.val_error[-1]
         record.final_test_error = record.test_error[-1]
