@@ -135,8 +135,7 @@ def plot_heatmaps(findings: Findings, path: Path) -> Path:
     columns = 2 * per_row
     figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 4.4 * rows), squeeze=False)
     low, high = color_range(findings)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#dddddd")  # cells not run (yet)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")  # grey: cells not run (yet), or diverged
     image = None
     flat = list(axes.flat)
     for index, name in enumerate(order):
