@@ -364,8 +364,12 @@ def _run_reproduce(args: argparse.Namespace) -> int:
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folders", nargs="+", metavar="DIR",
-                        help="an output folder of sweep, sweep --preset fN or reproduce; two or more: side by side")
+    parser.add_argument(
+        "folders",
+        nargs="+",
+        metavar="DIR",
+        help="an output folder of sweep, sweep --preset fN or reproduce; two or more: side by side",
+    )
     parser.add_argument("--out", metavar="DIR", help="with two or more folders: where the comparison goes "
                         "(default: runs/compare-TIME)")  # fmt: skip
 
@@ -389,7 +393,9 @@ def _run_report(args: argparse.Namespace) -> int:
                 print(f"report: {markdown} and {page}")
             elif kind == "finding":
                 result = render_finding(folder)
-                print(f"{result.finding}: {result.verdict}; report: {folder / 'report.md'} and {folder / 'report.html'}")
+                print(
+                    f"{result.finding}: {result.verdict}; report: {folder / 'report.md'} and {folder / 'report.html'}"
+                )
             else:
                 _print_report_paths(render_report(folder))
         if len(folders) > 1:

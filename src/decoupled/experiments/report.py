@@ -24,7 +24,6 @@ from .train import format_power_of_two
 __all__ = ["ReportPaths", "render_report", "statements"]
 
 
-
 @dataclass(frozen=True)
 class ReportPaths:
     markdown: Path
@@ -309,8 +308,8 @@ def to_markdown(blocks: list[Block]) -> str:
 def to_html(blocks: list[Block], folder: Path) -> str:
     """A single HTML file: images are inlined as base64 data URLs, so it can be mailed or archived alone."""
     template = _template()
-    template.environment.filters["data_url"] = (
-        lambda name: "data:image/png;base64," + base64.b64encode((folder / name).read_bytes()).decode("ascii")
+    template.environment.filters["data_url"] = lambda name: (
+        "data:image/png;base64," + base64.b64encode((folder / name).read_bytes()).decode("ascii")
     )
     return template.render(blocks=blocks, html=True, title=_title(blocks), css=_CSS)
 

@@ -25,8 +25,8 @@ interval of a given set of runs is the same on every machine.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -36,8 +36,8 @@ __all__ = [
     "SlopeFit",
     "VertexFit",
     "basin_slope",
-    "parabola_vertex",
     "paired_interval",
+    "parabola_vertex",
     "scaling_exponent",
 ]
 
@@ -63,15 +63,13 @@ class Interval:
     def half_width(self) -> float:
         return (self.high - self.low) / 2
 
-    def scaled(self, factor: float) -> "Interval":
+    def scaled(self, factor: float) -> Interval:
         values = sorted((self.low * factor, self.high * factor))
         return Interval(self.estimate * factor, values[0], values[1], self.level, self.n)
 
     def format(self, digits: int = 2, scale: float = 1.0, sign: bool = True) -> str:
         fmt = f"{{:{'+' if sign else ''}.{digits}f}}"
-        return (
-            f"{fmt.format(self.estimate * scale)} [{fmt.format(self.low * scale)}, {fmt.format(self.high * scale)}]"
-        )
+        return f"{fmt.format(self.estimate * scale)} [{fmt.format(self.low * scale)}, {fmt.format(self.high * scale)}]"
 
 
 def _t_quantile(level: float, df: int) -> float:
@@ -233,9 +231,7 @@ def parabola_vertex(
     return VertexFit(float(vertex), draws, lo <= vertex <= hi)
 
 
-def scaling_exponent(
-    log_updates: Sequence[float], fits: Sequence[VertexFit], level: float = LEVEL
-) -> Interval | None:
+def scaling_exponent(log_updates: Sequence[float], fits: Sequence[VertexFit], level: float = LEVEL) -> Interval | None:
     """Least-squares slope of log2(lambda*) against log2(updates) over budgets, with the bootstrap interval
     of the same slope over the budgets' vertex replicates; None with fewer than 2 distinct budgets."""
     t = np.asarray(log_updates, float)

@@ -21,7 +21,15 @@ from .progress import SweepProgress
 from .store import STORE_FILENAME, Store
 from .train import RunTask
 
-__all__ = ["ExecutionOptions", "SweepSummary", "default_workers", "plan_tasks", "resolve_device", "run_sweep", "run_sweeps"]
+__all__ = [
+    "ExecutionOptions",
+    "SweepSummary",
+    "default_workers",
+    "plan_tasks",
+    "resolve_device",
+    "run_sweep",
+    "run_sweeps",
+]
 
 CSV_FILENAME = "results.csv"
 

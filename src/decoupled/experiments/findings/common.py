@@ -17,9 +17,10 @@ Verdicts (one of :data:`VERDICTS`) come from 95% intervals only, by the rules of
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..analysis import Findings, analyze
 from ..config import ConfigError, SweepConfig, merge, read_preset, sweep_config_from_dict
@@ -44,7 +45,12 @@ __all__ = [
     "slope_pair_verdict",
 ]
 
-REPRODUCED, PARTLY, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "partly", "not reproduced at this scale", "inconclusive"
+REPRODUCED, PARTLY, NOT_REPRODUCED, INCONCLUSIVE = (
+    "reproduced",
+    "partly",
+    "not reproduced at this scale",
+    "inconclusive",
+)
 VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, INCONCLUSIVE)
 EXPERIMENT_FILENAME = "experiment.json"
 
@@ -81,7 +87,7 @@ class Experiment:
         }
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "Experiment":
+    def from_dict(cls, raw: Mapping[str, Any]) -> Experiment:
         arms = tuple(Arm(a["finding"], a["name"], SweepConfig.from_dict(a["config"])) for a in raw["arms"])
         return cls(raw["finding"], raw["preset"], bool(raw["smoke"]), arms, tuple(raw.get("needs", ())))
 
@@ -90,7 +96,7 @@ class Experiment:
         (folder / EXPERIMENT_FILENAME).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
 
     @classmethod
-    def read(cls, folder: Path) -> "Experiment":
+    def read(cls, folder: Path) -> Experiment:
         return cls.from_dict(json.loads((folder / EXPERIMENT_FILENAME).read_text(encoding="utf-8")))
 
 

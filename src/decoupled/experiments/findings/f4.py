@@ -30,7 +30,10 @@ PAPER = "Appendix B.1 (CIFAR-10, ImageNet32x32): lambda* falls with the budget; 
 FIGURE = "weight_decay_budgets.png"
 OPTIMIZERS = ("adamw", "sgdw")
 # axis -> (arms along it, the timescale view's predicted exponent); normalized decay predicts -1/2 on both.
-AXES = {"epochs": (("epochs-3", "epochs-6", "epochs-12"), 0.0), "batch size": (("epochs-6", "batch-64", "batch-32"), -1.0)}
+AXES = {
+    "epochs": (("epochs-3", "epochs-6", "epochs-12"), 0.0),
+    "batch size": (("epochs-6", "batch-64", "batch-32"), -1.0),
+}
 NORMALIZED = -0.5
 
 
@@ -102,7 +105,8 @@ def analyze(arms: dict[tuple[str, str], Findings], folder: Path) -> FindingResul
         norm = "n/a" if b.fit is None else f"{2**b.fit.vertex / b.normalizer:.3g}"
         budget_rows.append([name, arm, str(b.epochs), str(b.batch_size), str(b.updates), star, norm])
     details = [
-        f"**F4: {verdict}.** Exponent of lambda* against the number of updates (95% interval): " + "; ".join(parts)
+        f"**F4: {verdict}.** Exponent of lambda* against the number of updates (95% interval): "
+        + "; ".join(parts)
         + ". Normalized decay predicts -1/2 on both axes; a constant EMA timescale in epochs (Wang & Aitchison "
         "2024) predicts 0 along epochs and -1 along batch size.",
         "lambda* is the vertex of a parabola in log lambda, so it moves continuously with the data, unlike an argmin "

@@ -88,8 +88,9 @@ def analyze(arms: dict[tuple[str, str], Findings], folder: Path) -> FindingResul
     details = [
         f"**F5: {verdict}.** Each difference is test error (points) at the validation-picked best cells, paired "
         "over seeds; > 0 is the paper's direction (the schedule, or warm restarts, helps).",
-        "Anytime: the warm-restart runs are compared at the end of each period but the last (" +
-        ", ".join(f"epoch {int(e)}" for e in ends[:-1]) + "), where their schedule is at its low point; at the end "
+        "Anytime: the warm-restart runs are compared at the end of each period but the last ("
+        + ", ".join(f"epoch {int(e)}" for e in ends[:-1])
+        + "), where their schedule is at its low point; at the end "
         "of the run both schedules reach eta = 0.",
         "The warm-restart runs read the grid's weight decay as lambda_norm (renormalized each period), the others as "
         "raw lambda; each is picked on validation from its own grid.",
