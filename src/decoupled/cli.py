@@ -153,66 +153,50 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from .experiments.backends import BackendError
     from .experiments.config import ConfigError, load_sweep_config
     from .experiments.data import DataError
+    from .experiments.findings.common import is_experiment_preset
     from .experiments.progress import make_progress
     from .experiments.report import render_report
     from .experiments.store import StoreError
-    from .experiments.sweep import ExecutionOptions, default_workers, resolve_device, run_sweep
+    from .experiments.sweep import run_sweep
 
     prog = "decoupled sweep"
     out: Path | None = None
-    from .experiments.findings.common import is_experiment_preset
 
     if is_experiment_preset(args.preset):  # a finding's experiment (presets/f1.toml ... f5.toml): several arms
         return _run_experiment_preset(args)
     try:
         config = load_sweep_config(args.preset, args.config, _overrides(args))
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        if args.backend == "ray":  # the device and the default worker count are the cluster's, not this machine's
-            from .experiments.ray_backend import connect, resolve_address
-
-            address, origin = resolve_address(args.ray_address)
-            cluster = connect(address, origin=origin)
-            device = cluster.device(args.device)
-            default = cluster.slots(device, args.threads)
-            print(f"decoupled sweep: on {cluster.describe()}", flush=True)
-        elif args.ray_address is not None:
-            raise ConfigError("--ray-address needs --backend ray")
-        else:
-            device = resolve_device(args.device)
-            default = default_workers(device)
-        workers = args.workers if args.workers is not None else default
-        if workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {workers}")
         out = Path(args.out) if args.out else _default_out(config.name)
-        options = ExecutionOptions(out=out, workers=workers, device=device, threads=args.threads, backend=args.backend,
-                                   address=args.ray_address)  # fmt: skip
+        options = _execution(args, out, prog)
+        device = options.device
         cells = sum(grid.cells for grid in config.grids)
         print(f"decoupled sweep '{config.name}': {cells} cells x {config.seeds} seeds on {config.data.dataset}, "
               f"device {device}; output folder: {out}", flush=True)  # fmt: skip
         summary = run_sweep(config, options, make_progress(sys.stdout))
-    except (ConfigError, DataError, StoreError, ValueError) as error:
-        return _fail(prog, str(error))
-    except BackendError as error:
-        print(f"{prog}: {error}", file=sys.stderr)
-        return EXIT_FAILED_RUNS
-    except KeyboardInterrupt:
-        where = f" in {out}; the same command with --out {out} resumes" if out else ""
-        print(f"\n{prog}: interrupted; finished runs are stored{where}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(
-        f"recorded {summary.recorded} runs ({summary.diverged} diverged), {summary.skipped} were already stored"
-        + (f", {summary.duplicates} recorded meanwhile by another sweep" if summary.duplicates else "")
-        + (f", {len(summary.failed)} FAILED (not recorded; re-run to retry)" if summary.failed else "")
-        + f"; {summary.wall_time_s / 60:.1f} minutes",
-        flush=True,
-    )
+    except (ConfigError, DataError, StoreError, ValueError, BackendError, KeyboardInterrupt) as error:
+        return _refused(prog, error, out)
+    print(_summary_line(summary), flush=True)
     for failure in summary.failed[:5]:
         print(f"  failed: {failure.task.describe()}: {failure.error}", file=sys.stderr)
     if not args.no_report:
         _print_report_paths(render_report(out))
     print(f"output folder: {out}")
     return EXIT_FAILED_RUNS if summary.failed else EXIT_OK
+
+
+def _refused(prog: str, error: BaseException, out: Path | None) -> int:
+    """The one line and exit code of a command that stopped on ``error``: bad input 2, a backend that failed 1,
+    Ctrl-C 130 (saying where the finished runs are)."""
+    from .experiments.backends import BackendError
+
+    if isinstance(error, KeyboardInterrupt):
+        where = f" in {out}; the same command with --out {out} resumes" if out else ""
+        print(f"\n{prog}: interrupted; finished runs are stored{where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(error, BackendError):
+        print(f"{prog}: {error}", file=sys.stderr)
+        return EXIT_FAILED_RUNS
+    return _fail(prog, str(error))
 
 
 def _execution(args: argparse.Namespace, out: Path, prog: str):
@@ -274,15 +258,8 @@ def _run_experiment_preset(args: argparse.Namespace) -> int:
         print(f"decoupled sweep '{args.preset}' ({experiment.finding}): {len(experiment.arms)} arms; output folder: "
               f"{out}", flush=True)  # fmt: skip
         summary = run_experiment(experiment, options, make_progress(sys.stdout), include_needs=True)
-    except (ConfigError, DataError, StoreError, ValueError) as error:
-        return _fail(prog, str(error))
-    except BackendError as error:
-        print(f"{prog}: {error}", file=sys.stderr)
-        return EXIT_FAILED_RUNS
-    except KeyboardInterrupt:
-        where = f" in {out}; the same command with --out {out} resumes" if out else ""
-        print(f"\n{prog}: interrupted; finished runs are stored{where}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except (ConfigError, DataError, StoreError, ValueError, BackendError, KeyboardInterrupt) as error:
+        return _refused(prog, error, out)
     print(_summary_line(summary), flush=True)
     if not args.no_report:
         result = render_finding(out)
@@ -337,15 +314,8 @@ def _run_reproduce(args: argparse.Namespace) -> int:
 
         started = time.monotonic()
         summaries = reproduce(out, findings, args.smoke, options, progress_for, overrides or None)
-    except (ConfigError, DataError, StoreError, ValueError) as error:
-        return _fail(prog, str(error))
-    except BackendError as error:
-        print(f"{prog}: {error}", file=sys.stderr)
-        return EXIT_FAILED_RUNS
-    except KeyboardInterrupt:
-        where = f" in {out}; the same command with --out {out} resumes" if out else ""
-        print(f"\n{prog}: interrupted; finished runs are stored{where}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except (ConfigError, DataError, StoreError, ValueError, BackendError, KeyboardInterrupt) as error:
+        return _refused(prog, error, out)
     for name, summary in summaries.items():
         print(f"{name}: {_summary_line(summary)}", flush=True)
     failed = any(summary.failed for summary in summaries.values())
@@ -364,24 +334,21 @@ def _run_reproduce(args: argparse.Namespace) -> int:
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", metavar="DIR", help="an output folder of sweep, sweep --preset fN or reproduce")
+    parser.add_argument("more", nargs="*", metavar="DIR", help="more folders: reported side by side with the first")
     parser.add_argument(
-        "folders",
-        nargs="+",
-        metavar="DIR",
-        help="an output folder of sweep, sweep --preset fN or reproduce; two or more: side by side",
+        "--out", metavar="DIR", help="with two or more folders: where the comparison goes (default: runs/compare-TIME)"
     )
-    parser.add_argument("--out", metavar="DIR", help="with two or more folders: where the comparison goes "
-                        "(default: runs/compare-TIME)")  # fmt: skip
 
 
 def _run_report(args: argparse.Namespace) -> int:
     from .experiments.compare import render_comparison
-    from .experiments.reproduce import folder_kind, render_finding, render_reproduction
     from .experiments.report import render_report
+    from .experiments.reproduce import folder_kind, render_finding, render_reproduction
     from .experiments.store import StoreError
 
     prog = "decoupled report"
-    folders = [Path(folder) for folder in args.folders]
+    folders = [Path(folder) for folder in (args.folder, *args.more)]
     try:
         for folder in folders:
             if not folder.is_dir():
@@ -417,16 +384,16 @@ COMMANDS: list[Command] = [
         _run_sweep,
     ),
     Command(
-        "reproduce",
-        "run every finding of the paper (F1-F5), one experiment each, with a verdict (resumes in the same --out)",
-        _add_reproduce_arguments,
-        _run_reproduce,
-    ),
-    Command(
         "report",
         "re-render the report of an output folder from its store; with two or more, compare them side by side",
         _add_report_arguments,
         _run_report,
+    ),
+    Command(
+        "reproduce",
+        "run every finding of the paper (F1-F5), one experiment each, with a verdict (resumes in the same --out)",
+        _add_reproduce_arguments,
+        _run_reproduce,
     ),
 ]
 

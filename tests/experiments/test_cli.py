@@ -31,7 +31,7 @@ def _refused(capsys, argv: list[str], expected: str) -> str:
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["sweep", "--preset", "nope"], "decoupled sweep: error: unknown preset 'nope'; choose one of: default, paper, smoke"),
+        (["sweep", "--preset", "nope"], "decoupled sweep: error: unknown preset 'nope'; choose one of: default, f1, f2, f3, f4, f5, paper, smoke"),
         (["sweep", "--set", "train.epoch=3"], "unknown config key train.'epoch'"),
         (["sweep", "--set", "grid.adamw.lr_log2=[-4,-8]"], "empty grid: grid.adamw.lr_log2 = [-4, -8] gives no learning rate"),
         (["sweep", "--optimizers", ","], "empty grid: optimizers = [] selects no optimizer"),
@@ -76,7 +76,7 @@ def test_report_of_a_folder_without_a_store_exits_2(capsys, tmp_path):
 
 
 def test_commands_are_a_table_that_another_command_can_join():
-    assert [c.name for c in COMMANDS] == ["sweep", "report"]
+    assert [c.name for c in COMMANDS] == ["sweep", "report", "reproduce"]
     parser = build_parser()
     assert parser.parse_args(["report", "x"]).folder == "x"
 
