@@ -48,9 +48,16 @@ def cell_text(opt: OptimizerFindings, cell: tuple[int, int] | None) -> str:
     if cell is None:
         return "n/a"
     errors = opt.cell_errors(cell)
+    lrs, decays = opt.grid.lrs, opt.grid.weight_decays
+    edges = []
+    if len(lrs) > 1 and cell[0] in (0, len(lrs) - 1):
+        edges.append("smallest lr" if cell[0] == 0 else "largest lr")
+    positive = [j for j, wd in enumerate(decays) if wd > 0]
+    if decays[cell[1]] > 0 and len(positive) > 1 and cell[1] in (positive[0], positive[-1]):
+        edges.append("smallest lambda > 0" if cell[1] == positive[0] else "largest lambda")
     return (
-        f"lr {format_power_of_two(opt.grid.lrs[cell[0]])}, wd {format_power_of_two(opt.grid.weight_decays[cell[1]])}: "
-        f"{100 * float(np.mean(list(errors.values()))):.2f}%"
+        f"lr {format_power_of_two(lrs[cell[0]])}, wd {format_power_of_two(decays[cell[1]])}: "
+        f"{100 * float(np.mean(list(errors.values()))):.2f}%" + (f" (grid edge: {', '.join(edges)})" if edges else "")
     )
 
 
