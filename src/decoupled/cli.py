@@ -252,12 +252,15 @@ def _run_experiment_preset(args: argparse.Namespace) -> int:
         if args.config is not None:
             raise ConfigError(f"--config layers over a sweep preset; {args.preset!r} is a finding's experiment "
                               "(use --set KEY=VALUE, which applies to each of its arms)")  # fmt: skip
-        experiment = load_experiment(args.preset, overrides=_overrides(args))
+        overrides = _overrides(args)
+        experiment = load_experiment(args.preset, overrides=overrides)
         out = Path(args.out) if args.out else _default_out(args.preset)
         options = _execution(args, out, prog)
         print(f"decoupled sweep '{args.preset}' ({experiment.finding}): {len(experiment.arms)} arms; output folder: "
               f"{out}", flush=True)  # fmt: skip
-        summary = run_experiment(experiment, options, make_progress(sys.stdout), include_needs=True)
+        summary = run_experiment(
+            experiment, options, make_progress(sys.stdout), include_needs=True, overrides=overrides
+        )
     except (ConfigError, DataError, StoreError, ValueError, BackendError, KeyboardInterrupt) as error:
         return _refused(prog, error, out)
     print(_summary_line(summary), flush=True)

@@ -67,14 +67,20 @@ def _preset(finding: str) -> str:
 
 
 def run_experiment(
-    experiment: Experiment, options: ExecutionOptions, progress: SweepProgress, *, include_needs: bool
+    experiment: Experiment,
+    options: ExecutionOptions,
+    progress: SweepProgress,
+    *,
+    include_needs: bool,
+    overrides: dict | None = None,
 ) -> SweepSummary:
     """Run every arm of ``experiment`` not yet in ``options.out``'s store. ``include_needs``: also run the arms
-    of the findings it reads (standalone ``decoupled sweep --preset f3``) into the same folder."""
+    of the findings it reads (standalone ``decoupled sweep --preset f3``) into the same folder, with the same
+    ``overrides`` as ``experiment`` was loaded with (so that both see the same data)."""
     arms = list(experiment.arms)
     if include_needs:
         for need in experiment.needs:
-            arms += [arm for arm in load_experiment(_preset(need), experiment.smoke).arms]
+            arms += list(load_experiment(_preset(need), experiment.smoke, overrides).arms)
         experiment = replace(experiment, arms=tuple(arms))
     folder = options.out
     if (folder / EXPERIMENT_FILENAME).exists():
