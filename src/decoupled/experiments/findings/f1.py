@@ -43,6 +43,8 @@ def pair_sentence(base: OptimizerFindings, variant: OptimizerFindings, verdict: 
     """One family's F1 verdict in words, with both intervals (no 'rises' for 0, no verdict from equal slopes)."""
 
     def describe(opt: OptimizerFindings) -> str:
+        if opt.best is None:
+            return f"{opt.label}: no basin orientation ({'every cell diverged' if opt.cells_measured else 'no runs'})"
         if opt.basin is None:
             return f"{opt.label}: no basin orientation (too few cells trained well, or no valley across lambda)"
         return f"{opt.label} {fmt_slope(opt.basin.interval)} ({opt.basin.cells} cells)"
