@@ -134,7 +134,7 @@ def render_finding(folder: str | Path) -> FindingResult:
     result.runs_expected = sum(f.runs_expected for f in own)
     result.wall_time_s = sum(f.wall_time_total_s for f in own)
     result.setup = _setup_text(experiment)
-    hardware = next((f.hardware for f in own if f.hardware), {})
+    hardware: dict = next((f.hardware for f in own if f.hardware), {})
     blocks = [("h1", f"{result.finding}: {result.title}" + (" (smoke)" if experiment.smoke else ""))]
     blocks += _summary_table([result], link=False)
     blocks += _section(result, hardware, level="h2")
@@ -174,7 +174,8 @@ def render_reproduction(out: str | Path) -> tuple[Path, Path]:
         manifest = json.loads((out / MANIFEST_FILENAME).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise StoreError(f"{str(out)!r} holds no readable {MANIFEST_FILENAME} ({error})") from None
-    results, hardware = [], {}
+    results: list[FindingResult] = []
+    hardware: dict = {}
     for finding in manifest["findings"]:
         folder = out / finding
         if not (folder / EXPERIMENT_FILENAME).exists():

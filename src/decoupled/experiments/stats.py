@@ -192,7 +192,7 @@ class VertexFit:
 
 
 def parabola_vertex(
-    y: Sequence[float],
+    y: Sequence[float] | np.ndarray,
     errors_by_seed: np.ndarray,
     usable: np.ndarray,
     *,
@@ -204,14 +204,14 @@ def parabola_vertex(
 
     ``stream``: which random stream draws the replicates; give each budget of one exponent its own (0, 1, ...),
     else their replicates share their noise and the exponent's interval comes out too narrow."""
-    y = np.asarray(y, float)
+    values = np.asarray(y, float)
     mask = np.asarray(usable, bool) & np.any(~np.isnan(errors_by_seed), axis=0)
     if mask.sum() < 4:
         return None
     log_by_seed = _log_errors(errors_by_seed[:, mask])
     target = np.nanmean(log_by_seed, axis=0)
-    centre = float(np.mean(y[mask]))
-    design = np.column_stack([np.ones(mask.sum()), y[mask] - centre, (y[mask] - centre) ** 2])
+    centre = float(np.mean(values[mask]))
+    design = np.column_stack([np.ones(mask.sum()), values[mask] - centre, (values[mask] - centre) ** 2])
     coef, *_ = np.linalg.lstsq(design, target, rcond=None)
     if coef[2] <= 0:
         return None
@@ -224,7 +224,7 @@ def parabola_vertex(
     coefs, *_ = np.linalg.lstsq(design, (fitted + rng.standard_normal((replicates, len(target))) * sd).T, rcond=None)
     with np.errstate(divide="ignore", invalid="ignore"):
         draws = np.where(coefs[2] > 0, centre - coefs[1] / (2 * coefs[2]), np.nan)
-    lo, hi = float(y[mask].min()), float(y[mask].max())
+    lo, hi = float(values[mask].min()), float(values[mask].max())
     # A vertex far outside the fitted range is extrapolation: clip replicates to one grid span beyond it.
     span = hi - lo
     draws = np.clip(draws, lo - span, hi + span)

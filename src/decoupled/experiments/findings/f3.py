@@ -48,9 +48,9 @@ def analyze(arms: dict[tuple[str, str], Findings], folder: Path) -> FindingResul
         a, s = gain_by_seed(adamw), gain_by_seed(sgdw)
         equal = paired_interval(a, s) if a and s else None
     paper_points = None
-    if adam is not None and zero_and_best(adam)[1] is not None:
-        adam_error = float(np.mean(list(adam.cell_errors(zero_and_best(adam)[1]).values())))
-        paper_points = PAPER_RELATIVE * adam_error
+    adam_best = zero_and_best(adam)[1] if adam is not None else None
+    if adam is not None and adam_best is not None:
+        paper_points = PAPER_RELATIVE * float(np.mean(list(adam.cell_errors(adam_best).values())))
     verdict = direction_verdict(adam_vs_adamw, paper_points)
     relative = ""
     if adam_vs_adamw is not None and paper_points is not None:
