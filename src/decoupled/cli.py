@@ -162,7 +162,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     prog = "decoupled sweep"
     out: Path | None = None
 
-    if is_experiment_preset(args.preset):  # a finding's experiment (presets/f1.toml ... f5.toml): several arms
+    if is_experiment_preset(args.preset):  # a finding's experiment (presets/findings/f1.toml ... f5.toml): several arms
         return _run_experiment_preset(args)
     try:
         config = load_sweep_config(args.preset, args.config, _overrides(args))

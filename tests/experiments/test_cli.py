@@ -31,7 +31,7 @@ def _refused(capsys, argv: list[str], expected: str) -> str:
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["sweep", "--preset", "nope"], "decoupled sweep: error: unknown preset 'nope'; choose one of: default, f1, f2, f3, f4, f5, paper, smoke"),
+        (["sweep", "--preset", "nope"], "decoupled sweep: error: unknown preset 'nope'; choose one of: default, paper, smoke"),
         (["sweep", "--set", "train.epoch=3"], "unknown config key train.'epoch'"),
         (["sweep", "--set", "grid.adamw.lr_log2=[-4,-8]"], "empty grid: grid.adamw.lr_log2 = [-4, -8] gives no learning rate"),
         (["sweep", "--optimizers", ","], "empty grid: optimizers = [] selects no optimizer"),

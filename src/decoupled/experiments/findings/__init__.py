@@ -1,5 +1,5 @@
 """The paper's five findings (PAPER.md, "The findings") as experiments: one module per finding, each with its
-claim, its analysis (statistics with intervals -> a verdict) and its figure; its preset is ``presets/fN.toml``.
+claim, its analysis (statistics with intervals -> a verdict) and its figure; its preset is ``presets/findings/fN.toml``.
 
 ``decoupled reproduce`` runs them (:mod:`decoupled.experiments.reproduce`).
 """

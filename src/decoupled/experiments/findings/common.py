@@ -3,7 +3,7 @@ rules.
 
 An experiment is one finding's runs: one or more *arms*, each an ordinary :class:`SweepConfig` (F4's arms are
 budgets, F5's are schedules), all on the same data and all recorded in one store, the finding's folder. Its
-preset (``presets/fN.toml``) holds the sweep keys of the presets plus:
+preset (``presets/findings/fN.toml``) holds the sweep keys of the presets plus:
 
 * ``finding = "F4"``; ``base = "default"`` to start from another preset's keys;
 * ``[arms.NAME]``: overrides of each arm over the rest (no arms: one arm called "main");
@@ -100,26 +100,38 @@ class Experiment:
         return cls.from_dict(json.loads((folder / EXPERIMENT_FILENAME).read_text(encoding="utf-8")))
 
 
-def experiment_presets() -> dict[str, str]:
-    """Finding ("F1") -> its preset's name ("f1"), for every shipped preset with a ``finding`` key."""
-    from ..config import available_presets
+_FOLDER = "findings"  # presets/findings/fN.toml: apart from the sweep presets, which load_sweep_config reads
 
-    found = {}
-    for name in available_presets():
-        finding = read_preset(name).get("finding")
-        if isinstance(finding, str):
-            found[finding] = name
-    return dict(sorted(found.items()))
+
+def experiment_presets() -> list[str]:
+    """Names of the shipped experiment presets (``presets/findings/*.toml``): f1 .. f5."""
+    from importlib import resources
+
+    folder = resources.files("decoupled.experiments.presets").joinpath(_FOLDER)
+    return sorted(entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".toml"))
 
 
 def is_experiment_preset(name: str) -> bool:
-    return name in experiment_presets().values()
+    return name in experiment_presets()
+
+
+def read_experiment_preset(name: str) -> dict[str, Any]:
+    from importlib import resources
+
+    from ..config import _read_toml
+
+    if name not in experiment_presets():
+        raise ConfigError(f"unknown experiment preset {name!r}; choose one of: {', '.join(experiment_presets())}")
+    text = (
+        resources.files("decoupled.experiments.presets").joinpath(_FOLDER).joinpath(f"{name}.toml").read_text("utf-8")
+    )
+    return _read_toml(text, f"preset {name!r}")
 
 
 def load_experiment(preset: str, smoke: bool = False, overrides: Mapping[str, Any] | None = None) -> Experiment:
     """The experiment of preset ``preset`` (``presets/<preset>.toml`` with a ``finding`` key): its arms as
     checked sweep configs. ``overrides`` (a nested dict, as ``--set``) layer over every arm, last."""
-    raw = read_preset(preset)
+    raw = read_experiment_preset(preset)
     finding = raw.pop("finding", None)
     if not isinstance(finding, str):
         raise ConfigError(f"preset {preset!r} is a sweep, not a finding's experiment (it has no 'finding' key)")
