@@ -134,6 +134,9 @@ def render_finding(folder: str | Path) -> FindingResult:
     result.runs_expected = sum(f.runs_expected for f in own)
     result.wall_time_s = sum(f.wall_time_total_s for f in own)
     result.setup = _setup_text(experiment)
+    if result.runs < result.runs_expected:
+        result.details.insert(0, f"**Provisional:** {result.runs} of {result.runs_expected} runs are stored (interrupted "
+                                 "or failed); the same `decoupled reproduce` command finishes them.")  # fmt: skip
     hardware: dict = next((f.hardware for f in own if f.hardware), {})
     blocks = [("h1", f"{result.finding}: {result.title}" + (" (smoke)" if experiment.smoke else ""))]
     blocks += _summary_table([result], link=False)
@@ -178,8 +181,8 @@ def render_reproduction(out: str | Path) -> tuple[Path, Path]:
     hardware: dict = {}
     for finding in manifest["findings"]:
         folder = out / finding
-        if not (folder / EXPERIMENT_FILENAME).exists():
-            continue
+        if not (folder / EXPERIMENT_FILENAME).exists() or not (folder / "results.sqlite").exists():
+            continue  # not started yet (or stopped before its first run): no row until it has runs
         results.append(render_finding(folder))
         hardware = hardware or _hardware(folder)
     smoke = " (smoke: toy sizes, the machinery only; these verdicts mean nothing)" if manifest.get("smoke") else ""
