@@ -75,8 +75,9 @@ def plot_budgets(budgets: dict[tuple[str, str], Any], optimizers: Sequence[str],
                 if b.fit is not None:
                     ax.axvline(2**b.fit.vertex * scale, color=color, linestyle=":", linewidth=1)
             ax.set_xscale("log", base=2)
-            low = min((float(np.nanmin(b.test_mean)) for _, b in arms), default=0.0)
-            ax.set_ylim(100 * low * 0.9, min(100.0, 100 * low * 2.5 + 1))
+            lows = [float(np.nanmin(b.test_mean)) for _, b in arms if np.isfinite(b.test_mean).any()]
+            if lows:  # every budget's good region in view: from the lowest minimum to twice the highest one
+                ax.set_ylim(100 * min(lows) * 0.9, min(100.0, 100 * max(lows) * 2 + 0.5))
             percent_axis(ax, "test error (%)")
             label = {"adamw": "AdamW", "sgdw": "SGDW"}.get(name, name)
             ax.set_xlabel(r"$\lambda_{norm} = \lambda / \sqrt{b / (B T)}$" if normalized else r"raw $\lambda$")
