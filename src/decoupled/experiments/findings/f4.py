@@ -104,12 +104,19 @@ def analyze(arms: dict[tuple[str, str], Findings], folder: Path) -> FindingResul
         star = "n/a" if b.fit is None else f"2^{b.fit.vertex:.2f}" + ("" if b.fit.inside else " (outside the grid)")
         norm = "n/a" if b.fit is None else f"{2**b.fit.vertex / b.normalizer:.3g}"
         budget_rows.append([name, arm, str(b.epochs), str(b.batch_size), str(b.updates), star, norm])
+    missing = sum(1 for b in budgets.values() if b is None or b.fit is None)
     details = [
         f"**F4: {verdict}.** Exponent of lambda* against the number of updates (95% interval): "
         + "; ".join(parts)
         + ". Normalized decay predicts -1/2 on both axes; a constant EMA timescale in epochs (Wang & Aitchison "
         "2024) predicts 0 along epochs and -1 along batch size.",
-        "lambda* is the vertex of a parabola in log lambda, so it moves continuously with the data, unlike an argmin "
+        (
+            f"{missing} of {len(budgets)} (optimizer, budget) pairs give no lambda*: no parabola minimum among the "
+            "cells that trained well (e.g. a plateau at small lambda, then a cliff), so their axes get no exponent. "
+            if missing
+            else ""
+        )
+        + "lambda* is the vertex of a parabola in log lambda, so it moves continuously with the data, unlike an argmin "
         "on the grid; a vertex outside the grid is an extrapolation and is flagged.",
     ]
     return FindingResult(
