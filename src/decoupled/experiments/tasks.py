@@ -145,8 +145,8 @@ def _load_data(data: Any, where: str) -> Data | None:
         return data
     try:
         loaded = data()
-    except TaskError:
-        raise
+    except TaskError as error:  # a Data of the wrong shape
+        raise TaskError(f"{where}: {error}") from None
     except Exception as error:
         raise TaskError(f"{where}: its data() raised {_one_line(error)}") from None
     if not isinstance(loaded, Data):
