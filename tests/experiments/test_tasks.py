@@ -385,3 +385,29 @@ def test_load_task_names_a_task_after_its_file_and_loads_modules_too(tmp_path, m
     assert load_task("named:task").name == "named:task"  # as a module on sys.path
     assert load_task("named").data is not None
     assert DataConfig(dataset="task").dataset == "task"
+
+
+def _module_level_task() -> Task:
+    return Task(model=_mlp, data=_data, batch_size=16, name="in-python")
+
+
+def test_a_task_made_in_python_runs_on_spawned_workers_and_one_that_cannot_travel_is_refused(tmp_path):
+    """The Python API: run_sweep(..., task=Task(...)) without a file; the workers get the task by pickle."""
+    from decoupled.experiments.progress import PlainProgress
+    from decoupled.experiments.sweep import ExecutionOptions, run_sweep
+    import io
+
+    task = _module_level_task()
+    config = _task_config(task)
+    summary = run_sweep(config, ExecutionOptions(out=tmp_path / "py", workers=1), PlainProgress(io.StringIO()), task=task)
+    assert (summary.recorded, summary.failed) == (2, [])
+    here = run_task(task, _data(), config.run_config("adamw", 0.01, 1e-3), 0, CPU)
+    with Store.open(tmp_path / "py", create=False) as store:
+        stored = next(r for r in store.runs() if r["optimizer"] == "adamw")
+    assert stored["test_error"] == here.test_error and stored["train_loss"] == here.train_loss
+
+    unpicklable = Task(model=lambda: _mlp(), data=_data(), name="lambda")
+    with pytest.raises(TaskError, match="task 'lambda' cannot be sent to worker processes .* define its functions"):
+        run_sweep(_task_config(unpicklable), ExecutionOptions(out=tmp_path / "no", workers=1),
+                  PlainProgress(io.StringIO()), task=unpicklable)  # fmt: skip
+    assert not (tmp_path / "no").exists()

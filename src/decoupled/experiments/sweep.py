@@ -19,7 +19,7 @@ from .config import SweepConfig, with_task_data
 from .data import prepare_data
 from .progress import SweepProgress
 from .store import STORE_FILENAME, Store
-from .tasks import AnyTask, describe_sizes
+from .tasks import AnyTask, TaskError, describe_sizes
 from .train import RunTask
 
 __all__ = ["ExecutionOptions", "SweepSummary", "default_workers", "plan_tasks", "resolve_device", "run_sweep"]
@@ -98,6 +98,19 @@ def _record(event: Event, store: Store, summary: SweepSummary) -> None:
         summary.failed.append(event)
 
 
+def _check_picklable(task: AnyTask) -> None:
+    """A task made in Python (not by load_task) reaches spawned workers by pickle: refuse one that cannot."""
+    import pickle
+
+    try:
+        pickle.dumps(task)
+    except Exception as error:  # noqa: BLE001 - pickle raises several kinds
+        raise TaskError(
+            f"{task.label} cannot be sent to worker processes ({type(error).__name__}: {error}): define its "
+            "functions at module level (no lambdas or local functions), or load it with load_task('FILE:NAME')"
+        ) from None
+
+
 def run_sweep(
     config: SweepConfig, options: ExecutionOptions, progress: SweepProgress, task: AnyTask | None = None
 ) -> SweepSummary:
@@ -116,6 +129,8 @@ def run_sweep(
     if task is not None:
         if config.task != task.name:
             raise ValueError(f"the config is for task {config.task!r}, not {task.name!r}: load it with task=")
+        if options.backend == "local" and not task.source:
+            _check_picklable(task)
         task_data = task.load_data()  # raises TaskError on bad data
         config = with_task_data(config, describe_sizes(task_data))
     else:
