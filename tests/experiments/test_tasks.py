@@ -7,11 +7,7 @@ The Ray half of "end to end" is in test_ray_backend.py, which owns the module's 
 from __future__ import annotations
 
 import math
-import os
-import signal
-import sqlite3
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +22,7 @@ from decoupled.experiments.report import render_report
 from decoupled.experiments.store import Store
 from decoupled.experiments.train import run_task, train_run
 
-from .conftest import cli, popen_cli, tiny_overrides, write_tiny_cifar
+from .conftest import cli, kill_after_runs, popen_cli, tiny_overrides, write_tiny_cifar
 from .legacy_train import legacy_train_run
 
 CPU = torch.device("cpu")
@@ -347,20 +343,7 @@ def test_a_user_task_sweep_killed_with_sigkill_resumes_without_recording_twice(t
     out = tmp_path / "killed"
     args = ["sweep", "--task", f"{path}:task", "--preset", "smoke", "--optimizers", "adamw,sgdw", "--epochs", "2",
             "--workers", "1", "--out", str(out), "--no-report"]  # fmt: skip
-    process = popen_cli(*args)
-    store_file = out / "results.sqlite"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if sqlite3.connect(store_file, timeout=5).execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= 2:
-                break
-        except sqlite3.OperationalError:  # no store or no tables yet
-            pass
-        time.sleep(0.1)
-    assert process.poll() is None, "the sweep finished before it could be killed; make it longer"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    process.communicate()
+    kill_after_runs(popen_cli(*args), out / "results.sqlite")
     with Store.open(out, create=False) as store:
         survivors = {(r["config_hash"], r["seed"]): r["train_loss"] for r in store.runs()}
     planned = 2 * 4 * 2
