@@ -103,7 +103,7 @@ def _check_split(split: Any, name: str) -> Split:
         raise TaskError(
             f"Data.{name} must be (inputs, targets) tensors or a torch Dataset with len(), got {_kind(split)}"
         )
-    if len(split[0] if isinstance(split, tuple) else split) == 0:
+    if _rows(split) == 0:
         raise TaskError(f"Data.{name} is empty")
     return split
 
@@ -128,11 +128,12 @@ class Data:
 
     @property
     def sizes(self) -> tuple[int, int, int]:
-        return tuple(len(s[0]) if isinstance(s, tuple) else len(s) for s in (self.train, self.val, self.test))  # type: ignore[return-value]
+        """Examples in (train, val, test)."""
+        return _rows(self.train), _rows(self.val), _rows(self.test)
 
     def to(self, device: torch.device | str) -> "Data":
         """Tensor splits moved to ``device`` (once per worker); a Dataset's batches move as they are drawn."""
-        moved = {
+        moved: dict[str, Any] = {
             name: tuple(t.to(device) for t in split) if isinstance(split, tuple) else split
             for name, split in (("train", self.train), ("val", self.val), ("test", self.test))
         }
@@ -172,8 +173,23 @@ def _callable(value: Any, name: str, optional: bool = False) -> None:
         raise TaskError(f"{name} must be callable, got {_kind(value)}")
 
 
+class _TaskBase:
+    """What both kinds of task share: loading their data, and how messages name them."""
+
+    data: Any
+    name: str | None
+
+    def load_data(self) -> Data | None:
+        """The task's data: its Data, or what its data function returns (checked); None without data."""
+        return _load_data(self.data, self.label)
+
+    @property
+    def label(self) -> str:
+        return f"task {self.name!r}" if self.name else "the task"
+
+
 @dataclass(frozen=True)
-class Task:
+class Task(_TaskBase):
     """A declarative task: the toolkit's training loop trains ``model()`` on ``data``.
 
     * ``model``: called with no arguments, after seeding, returns the ``nn.Module`` (a new one per run);
@@ -210,16 +226,9 @@ class Task:
             _callable(getattr(self, name), f"Task.{name}", optional=True)
         _check_common(self, "Task")
 
-    def load_data(self) -> Data:
-        return _load_data(self.data, self.label)  # type: ignore[return-value]
-
-    @property
-    def label(self) -> str:
-        return f"task {self.name!r}" if self.name else "the task"
-
 
 @dataclass(frozen=True)
-class LoopTask:
+class LoopTask(_TaskBase):
     """A full-control task: ``train(run)`` is your training loop, called once per run with a :class:`Run`.
 
     Build your model, call ``optimizer, scheduler = run.optimizer(model, steps_per_epoch=...)``, train as you
@@ -242,13 +251,6 @@ class LoopTask:
         if self.data is not None and not isinstance(self.data, Data):
             _callable(self.data, "LoopTask.data (a Data or a function returning one)")
         _check_common(self, "LoopTask")
-
-    def load_data(self) -> Data | None:
-        return _load_data(self.data, self.label)
-
-    @property
-    def label(self) -> str:
-        return f"task {self.name!r}" if self.name else "the task"
 
 
 AnyTask = Union[Task, LoopTask]
@@ -496,7 +498,7 @@ class Run:
 
 
 def _rows(split: Split) -> int:
-    return len(split[0]) if isinstance(split, tuple) else len(split)  # type: ignore[arg-type]
+    return len(split[0]) if isinstance(split, tuple) else len(split)  # type: ignore[arg-type]  # checked: has len
 
 
 def _batch(split: Split, index: Tensor, device: torch.device) -> tuple[Any, Any]:
@@ -618,9 +620,6 @@ def builtin_task(model: ModelConfig, splits: Any, augment: bool = False) -> Task
     )
 
 
-def task_kind(task: AnyTask) -> str:
-    return "declarative" if isinstance(task, Task) else "loop"
-
-
-def describe_sizes(data: Data | None) -> Sequence[int]:
+def describe_sizes(data: Data | None) -> tuple[int, int, int]:
+    """(train, val, test) examples of a task's data; zeros for a LoopTask without data."""
     return data.sizes if data is not None else (0, 0, 0)
