@@ -167,16 +167,16 @@ def test_own_model_examples_sweep_at_smoke_size(example: str, tmp_path: Path) ->
 
     src = Path(decoupled.__file__).resolve().parents[1]
     out = tmp_path / example
-    report = [] if example == "own_task" else ["--no-report"]  # one report is enough to check (and takes ~10 s)
+    no_report = [] if example == "own_task" else ["--no-report"]  # one report is enough to check (and takes ~10 s)
     result = subprocess.run(
         [sys.executable, "-m", "decoupled.cli", "sweep", "--task", f"examples/{example}.py:task", "--preset", "smoke",
-         "--seeds", "1", "--workers", "2", "--out", str(out), *report],
+         "--seeds", "1", "--workers", "2", "--out", str(out), *no_report],
         cwd=EXAMPLES.parent, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": str(src) + os.pathsep + os.environ.get("PYTHONPATH", "")},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "recorded 16 runs" in result.stdout and "FAILED" not in result.stdout
-    if report:
+    if no_report:
         return
     markdown = (out / "report.md").read_text()
     assert "## Best setting of each optimizer" in markdown and "Data: task `digits-mlp" in markdown
