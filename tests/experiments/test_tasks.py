@@ -168,7 +168,10 @@ def test_run_builds_the_cells_optimizer_and_schedule_over_what_it_is_given():
 
 def test_a_tasks_batch_size_and_epochs_sit_between_the_preset_and_the_flags(tmp_path):
     task = Task(_mlp, _data(), batch_size=32, epochs=7, name="t")
-    assert (load_sweep_config("smoke", task=task).train.batch_size, load_sweep_config("smoke", task=task).train.epochs) == (32, 7)
+    assert (
+        load_sweep_config("smoke", task=task).train.batch_size,
+        load_sweep_config("smoke", task=task).train.epochs,
+    ) == (32, 7)
     flagged = load_sweep_config("smoke", overrides={"train": {"epochs": 2}}, task=task)
     assert (flagged.train.batch_size, flagged.train.epochs) == (32, 2)
     assert load_sweep_config("smoke", task=Task(_mlp, _data(), name="t")).train.epochs == 3  # the preset's
@@ -180,7 +183,7 @@ def test_a_tasks_batch_size_and_epochs_sit_between_the_preset_and_the_flags(tmp_
     "make, message",
     [
         (lambda: Task(model=3, data=_data()), "Task.model must be callable, got int"),
-        (lambda: Task(model=_mlp, data=[1, 2]), "Task.data (a Data or a function returning one) must be callable"),
+        (lambda: Task(model=_mlp, data=[1, 2]), "Task.data must be a Data, a dict with train, val and test splits, or a"),
         (lambda: Task(model=_mlp, data=_data(), batch_size=0), "Task.batch_size must be an integer >= 1 or None, got 0"),
         (lambda: LoopTask(train=None), "LoopTask.train must be callable, got NoneType"),
         (lambda: Data(train=(torch.zeros(3, 2), torch.zeros(4)), val=(torch.zeros(1),) * 2, test=(torch.zeros(1),) * 2),
@@ -218,7 +221,9 @@ HEADER = """
         return Data(train=(x[:30], y[:30]), val=(x[30:45], y[30:45]), test=(x[45:], y[45:]))
 """
 
-MIXED = HEADER + """
+MIXED = (
+    HEADER
+    + """
     def train(run):
         # One outcome per optimizer: adamw trains, adam reports NaN, sgd raises, sgdw reports nothing.
         model = nn.Linear(4, 2)
@@ -240,6 +245,7 @@ MIXED = HEADER + """
 
     task = LoopTask(train=train, data=data, name="mixed")
 """
+)
 
 SMALL = ["--preset", "smoke", "--seeds", "1", "--epochs", "3", "--workers", "1", "--no-report",
          "--lr", "0.01", "--weight-decay", "0.001"]  # fmt: skip
@@ -291,7 +297,7 @@ def test_failing_runs_are_recorded_with_their_error_the_sweep_goes_on_and_the_re
         ("shape.py", HEADER + "\n    task = Task(model=3, data=data)\n", "{dir}/shape.py:task",
          "raised TaskError: Task.model must be callable, got int (line 13)"),
         ("baddata.py", HEADER + "\n    task = Task(model=nn.Flatten, data=lambda: (1, 2))\n", "{dir}/baddata.py:task",
-         "task 'baddata:task': its data() must return a decoupled.experiments.Data, got tuple"),
+         "task 'baddata:task': its data() must return a decoupled.experiments.Data (or a dict with train, val, test), got tuple"),
         ("raisingdata.py", HEADER + "\n    def bad():\n        raise OSError('disk gone')\n"
          "    task = Task(model=nn.Flatten, data=bad)\n", "{dir}/raisingdata.py:task",
          "task 'raisingdata:task': its data() raised OSError: disk gone"),
@@ -317,7 +323,9 @@ def test_a_task_that_cannot_be_loaded_gets_one_line_and_exit_2_before_anything_r
     assert not out.exists()  # nothing ran, nothing was made
 
 
-SLOW = HEADER + """
+SLOW = (
+    HEADER
+    + """
     def train(run):
         time.sleep(0.3)  # long enough to be killed mid-sweep
         model = nn.Linear(4, 2)
@@ -335,6 +343,7 @@ SLOW = HEADER + """
 
     task = LoopTask(train=train, data=data)
 """
+)
 
 
 @pytest.mark.slow
@@ -382,7 +391,9 @@ def test_a_task_made_in_python_runs_on_spawned_workers_and_one_that_cannot_trave
 
     task = _module_level_task()
     config = _task_config(task)
-    summary = run_sweep(config, ExecutionOptions(out=tmp_path / "py", workers=1), PlainProgress(io.StringIO()), task=task)
+    summary = run_sweep(
+        config, ExecutionOptions(out=tmp_path / "py", workers=1), PlainProgress(io.StringIO()), task=task
+    )
     assert (summary.recorded, summary.failed) == (2, [])
     here = run_task(task, _data(), config.run_config("adamw", 0.01, 1e-3), 0, CPU)
     with Store.open(tmp_path / "py", create=False) as store:
@@ -394,3 +405,12 @@ def test_a_task_made_in_python_runs_on_spawned_workers_and_one_that_cannot_trave
         run_sweep(_task_config(unpicklable), ExecutionOptions(out=tmp_path / "no", workers=1),
                   PlainProgress(io.StringIO()), task=unpicklable)  # fmt: skip
     assert not (tmp_path / "no").exists()
+
+
+def test_data_may_be_spelled_as_a_dict_or_three_splits():
+    data = _data()
+    splits = {"train": data.train, "validation": data.val, "test": data.test}
+    assert Task(_mlp, splits).data == Task(_mlp, (data.train, data.val, data.test)).data
+    assert Task(_mlp, splits).load_data().sizes == data.sizes == LoopTask(print, data=lambda: splits).load_data().sizes
+    with pytest.raises(TaskError, match="Data.val: inputs and targets must have one row per example"):
+        Task(_mlp, {"train": data.train, "val": (data.val[0], data.val[1][:3]), "test": data.test})

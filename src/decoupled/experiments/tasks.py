@@ -47,7 +47,7 @@ import traceback
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Union
 
 import torch
 from torch import Tensor, nn
@@ -140,19 +140,43 @@ class Data:
         return Data(**moved)
 
 
+_SPLIT_KEYS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+
+
+def as_data(value: Any) -> Data | None:
+    """``value`` as :class:`Data` when it spells one another way: a mapping with keys train, val (or
+    validation) and test, or a (train, val, test) sequence of splits; else None."""
+    if isinstance(value, Data):
+        return value
+    if isinstance(value, Mapping) and set(value) <= set(_SPLIT_KEYS) and len({_SPLIT_KEYS[k] for k in value}) == 3:
+        return Data(**{_SPLIT_KEYS[key]: split for key, split in value.items()})
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 3
+        and all(isinstance(v, (tuple, list, torch.utils.data.Dataset)) for v in value)
+    ):
+        return Data(*value)
+    return None
+
+
 def _load_data(data: Any, where: str) -> Data | None:
-    """``data`` as given to a task: None, a :class:`Data`, or a function returning one."""
-    if data is None or isinstance(data, Data):
-        return data
+    """``data`` as given to a task: None, a :class:`Data` (or its spelling of :func:`as_data`), or a function
+    returning one."""
     try:
+        if data is None or not callable(data):
+            return as_data(data) if data is not None else None
         loaded = data()
+        converted = as_data(loaded)
     except TaskError as error:  # a Data of the wrong shape
         raise TaskError(f"{where}: {error}") from None
     except Exception as error:
         raise TaskError(f"{where}: its data() raised {_one_line(error)}") from None
-    if not isinstance(loaded, Data):
-        raise TaskError(f"{where}: its data() must return a decoupled.experiments.Data, got {_kind(loaded)}")
-    return loaded
+    if converted is None:
+        raise TaskError(
+            f"{where}: its data() must return a decoupled.experiments.Data (or a dict with train, val, test), "
+            f"got {_kind(loaded)}"
+        )
+    return converted
 
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -220,8 +244,7 @@ class Task(_TaskBase):
 
     def __post_init__(self) -> None:
         _callable(self.model, "Task.model")
-        if not isinstance(self.data, Data):
-            _callable(self.data, "Task.data (a Data or a function returning one)")
+        _check_data_field(self, "Task")
         for name in ("loss", "error", "augment"):
             _callable(getattr(self, name), f"Task.{name}", optional=True)
         _check_common(self, "Task")
@@ -248,12 +271,25 @@ class LoopTask(_TaskBase):
 
     def __post_init__(self) -> None:
         _callable(self.train, "LoopTask.train")
-        if self.data is not None and not isinstance(self.data, Data):
-            _callable(self.data, "LoopTask.data (a Data or a function returning one)")
+        if self.data is not None:
+            _check_data_field(self, "LoopTask")
         _check_common(self, "LoopTask")
 
 
 AnyTask = Union[Task, LoopTask]
+
+
+def _check_data_field(task: AnyTask, kind: str) -> None:
+    """A task's data is a function (called later) or data now: checked, and kept as :class:`Data`."""
+    if callable(task.data):
+        return
+    data = as_data(task.data)
+    if data is None:
+        raise TaskError(
+            f"{kind}.data must be a Data, a dict with train, val and test splits, or a function returning one; "
+            f"got {_kind(task.data)}"
+        )
+    object.__setattr__(task, "data", data)
 
 
 def _check_common(task: AnyTask, kind: str) -> None:
