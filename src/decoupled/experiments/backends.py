@@ -54,21 +54,17 @@ class WorkerSetup:
 
 
 def load_worker_task(setup: WorkerSetup, device: str) -> tuple[Any, Any]:
-    """(user task or None, its data on ``device``) in a worker: a built-in run loads its data per data config
-    instead (:func:`run_in_worker`)."""
+    """(the user task, its data on ``device``) in a worker, or (None, None) for the built-in task, whose data
+    the worker loads from its data config."""
     if setup.task is None:
         return None, None
+    import torch
+
     from .tasks import load_task
 
     task = load_task(setup.task) if isinstance(setup.task, str) else setup.task
     data = task.load_data()
-    return task, data.to(torch_device(device)) if data is not None else None
-
-
-def torch_device(device: str) -> Any:
-    import torch
-
-    return torch.device(device)
+    return task, data.to(torch.device(device)) if data is not None else None
 
 
 @dataclass(frozen=True)

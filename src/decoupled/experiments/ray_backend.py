@@ -271,7 +271,7 @@ class RayBackend:
             data = setup.task_data if setup.task_data is not None else task_object.load_data()
             _ship_task_files_by_value()
             splits, user_task = ray.put(data), ray.put(without_data(task_object))
-            setup = replace(setup, task=None, task_data=None)  # the task travels by reference, once
+            setup = replace(setup, task=None, task_data=None)  # both go to the workers as object refs instead
         else:
             splits = ray.put(load_splits(setup.data, Path(setup.cache_dir)))
         remote = ray.remote(**self.task_options(setup))(_run_task)
@@ -282,8 +282,8 @@ class RayBackend:
             while waiting or in_flight:
                 while waiting and free:
                     slot, task = free.pop(0), waiting.popleft()
-                    in_flight[remote.options(name=f"decoupled {task.describe()}").remote(setup, splits, task, user_task)] = (
-                        slot, task)  # fmt: skip
+                    ref = remote.options(name=f"decoupled {task.describe()}").remote(setup, splits, task, user_task)
+                    in_flight[ref] = (slot, task)
                     yield RunStarted(task, slot)
                 # A timeout, so that Ctrl-C in the sweep process is seen within a second.
                 done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
