@@ -7,6 +7,7 @@ The Ray half of "end to end" is in test_ray_backend.py, which owns the module's 
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -414,3 +415,27 @@ def test_data_may_be_spelled_as_a_dict_or_three_splits():
     assert Task(_mlp, splits).load_data().sizes == data.sizes == LoopTask(print, data=lambda: splits).load_data().sizes
     with pytest.raises(TaskError, match="Data.val: inputs and targets must have one row per example"):
         Task(_mlp, {"train": data.train, "val": (data.val[0], data.val[1][:3]), "test": data.test})
+
+
+def test_the_report_of_a_loop_task_without_data_says_what_it_does_not_know(tmp_path):
+    """A LoopTask that loads its own data: no split sizes, so no steps, normalizer or test-set noise."""
+    from decoupled.experiments.config import SweepConfig, with_task_data
+    from decoupled.experiments.train import RunRecord
+
+    def train(run):  # never run: the records are written below
+        raise AssertionError
+
+    task = LoopTask(train=train, name="own-data")
+    config = with_task_data(_task_config(task), (0, 0, 0))
+    with Store.open(tmp_path) as store:
+        store.add_sweep(config, "test")
+        for seed in range(config.seeds):
+            for grid in config.grids:
+                run = config.run_config(grid.optimizer, grid.lrs[0], grid.weight_decays[0])
+                store.add_run(RunRecord(run, seed, [1.0, 0.5], [0.3, 0.2], [0.3, 0.25], 0.2, 0.25,
+                                        provenance={"code_version": "test", "library_versions": {}, "hardware": {}}))  # fmt: skip
+    assert isinstance(config, SweepConfig)
+    render_report(tmp_path)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "loaded by its own loop (sizes not known to the toolkit)" in markdown
+    assert not re.search(r"\bnan\b", markdown), [line for line in markdown.splitlines() if "nan" in line]

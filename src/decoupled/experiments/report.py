@@ -148,7 +148,8 @@ def _comparison_sentence(c: Comparison) -> str:
 
 def _noise_text(c: Comparison) -> str:
     seed = "unknown with one seed" if math.isnan(c.standard_error) else f"{100 * c.standard_error:.2f} points (seeds)"
-    return f"standard error {seed}, {100 * c.test_set_noise:.2f} points per measurement (test-set size)"
+    test = "unknown" if math.isnan(c.test_set_noise) else f"{100 * c.test_set_noise:.2f} points"
+    return f"standard error {seed}, {test} per measurement (test-set size)"
 
 
 # ------------------------------------------------------------------------------------------ document model
@@ -160,7 +161,8 @@ def _setup_lines(findings: Findings, parameters: int | None) -> list[str]:
     config = findings.config
     data, model, train = config.data, config.model, config.train
     steps = math.ceil(data.train_size / train.batch_size) * train.epochs
-    normalizer = math.sqrt(train.batch_size / (data.train_size * train.epochs))
+    # A LoopTask without Data loads its own: its sizes (and so steps and the normalizer) are not known here.
+    normalizer = math.sqrt(train.batch_size / (data.train_size * train.epochs)) if data.train_size else math.nan
     params = f", {parameters:,} parameters" if parameters else ""
     if config.task is not None:  # a user task: its own data and model (docs/your-model.md)
         source = f"task `{config.task}`'s own"
@@ -176,10 +178,15 @@ def _setup_lines(findings: Findings, parameters: int | None) -> list[str]:
             f"{', BatchNorm' if model.batchnorm or model.name == 'shake_shake' else ''}{params}."
         )
     return [
-        f"Data: {source}; {data.train_size} training / {data.val_size} validation / {data.test_size} test examples "
-        "(validation picks each optimizer's best cell, test reports it).",
+        f"Data: {source}; "
+        + (
+            f"{data.train_size} training / {data.val_size} validation / {data.test_size} test examples "
+            if data.train_size
+            else "loaded by its own loop (sizes not known to the toolkit) "
+        )
+        + "(validation picks each optimizer's best cell, test reports it).",
         model_line,
-        f"Training: {train.epochs} epochs of batch {train.batch_size} ({steps} steps), schedule eta_t = "
+        f"Training: {train.epochs} epochs of batch {train.batch_size}{f' ({steps} steps)' if steps else ''}, schedule eta_t = "
         f"{'cosine from 1 to 0 over the run, per batch' if train.schedule == 'cosine' else 'constant 1'}, "
         f"weight decay on {'all parameters (as the paper)' if train.decay_scope == 'all' else 'weights only'}; "
         f"{config.seeds} seeds per cell (seed s: same initialization and batch order in every cell).",
@@ -191,7 +198,8 @@ def _setup_lines(findings: Findings, parameters: int | None) -> list[str]:
         "lambda per step at eta_t = 1, in the decoupled convention theta <- theta - eta_t lambda theta (not multiplied "
         "by alpha; torch.optim.AdamW's weight_decay is lambda / alpha). For SGD/Adam it is the L2 factor lambda, "
         "g <- g + lambda theta. The paper's normalized decay (appendix B.1) is "
-        f"lambda_norm = lambda / sqrt(b / (B T)) = lambda x {1 / normalizer:.1f} here.",
+        f"lambda_norm = lambda / sqrt(b / (B T))"
+        + (f" = lambda x {1 / normalizer:.1f} here." if not math.isnan(normalizer) else "."),
         f"Runs: {findings.runs_used} of {findings.runs_expected} recorded, {findings.runs_diverged} diverged "
         f"(NaN/inf loss; counted as 100% error); {findings.wall_time_total_s / 60:.1f} minutes of compute in all"
         + (f"; {findings.runs_other} other stored runs are not part of this grid" if findings.runs_other else "")
