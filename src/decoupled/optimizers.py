@@ -230,16 +230,16 @@ def _kernel_tensors(params: list[Tensor], grads: list[Tensor], *states: list[Ten
 _is_contiguous = Tensor.is_contiguous
 
 
-def _state_like(state: dict[str, Any], key: str, param: Tensor) -> Tensor:
+def _state_like(state: dict[str, Any], key: str, param: Tensor, param_contiguous: bool) -> Tensor:
     """``state[key]`` in its parameter's memory layout, re-laid out (and stored) once if it is not.
 
     State made here has its parameter's layout already (``zeros_like``); state loaded from a checkpoint saved
     in another layout (e.g. before ``model.to(memory_format=torch.channels_last)``) does not, and the one-pass
-    kernels would send such a parameter to a slower strided path at every step. Costs two ``is_contiguous`` in
-    the common case.
+    kernels would send such a parameter to a slower strided path at every step. Costs one ``is_contiguous`` in
+    the common case (``param_contiguous``: the caller's, once per parameter).
     """
     tensor = state[key]
-    if _is_contiguous(tensor) and _is_contiguous(param):
+    if param_contiguous and _is_contiguous(tensor):
         return tensor
     state[key] = tensor = kernels.layout.relayout_like(tensor, param)
     return tensor
@@ -364,10 +364,11 @@ class AdamW(_Optimizer):
                 if state["step"].device != param.device and (capturable or not param.is_cpu):
                     state["step"] = state["step"].to(param.device)
                 grads.append(param.grad)
-                exp_avgs.append(_state_like(state, "exp_avg", param))
-                exp_avg_sqs.append(_state_like(state, "exp_avg_sq", param))
+                contiguous = _is_contiguous(param)
+                exp_avgs.append(_state_like(state, "exp_avg", param, contiguous))
+                exp_avg_sqs.append(_state_like(state, "exp_avg_sq", param, contiguous))
                 if amsgrad:
-                    max_exp_avg_sqs.append(_state_like(state, "max_exp_avg_sq", param))
+                    max_exp_avg_sqs.append(_state_like(state, "max_exp_avg_sq", param, contiguous))
                 steps.append(state["step"])
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = _kernel_tensors(
                 params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
@@ -476,7 +477,7 @@ class SGDW(_Optimizer):
                     if state.get("momentum_buffer") is None:
                         state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                         fresh.append(param)
-                    buffers.append(_state_like(state, "momentum_buffer", param))
+                    buffers.append(_state_like(state, "momentum_buffer", param, _is_contiguous(param)))
             lr = _scalar("lr", group["lr"])
             terms = decay_terms(group["decay"], lr=lr, base_lr=group["base_lr"], weight_decay=group["weight_decay"])
             hyper = dict(
