@@ -54,6 +54,11 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     from .experiments.backends import BACKENDS  # a new backend (issue 5: ray) becomes a choice by joining BACKENDS
 
     what = parser.add_argument_group("what to run (a preset, then --config, then these flags; later wins)")
+    what.add_argument(
+        "--task",
+        metavar="FILE_OR_MODULE:NAME",
+        help="your own model and data: a Task or LoopTask in a Python file or module (docs/your-model.md)",
+    )
     what.add_argument("--preset", default="default", help="a preset's name: default, smoke, paper (default: default)")
     what.add_argument("--config", metavar="FILE", help="a TOML file layered over the preset (same keys as presets)")
     what.add_argument("--optimizers", metavar="LIST", help="comma-separated subset of adam,adamw,sgd,sgdw")
@@ -158,22 +163,24 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from .experiments.report import render_report
     from .experiments.store import StoreError
     from .experiments.sweep import run_sweep
+    from .experiments.tasks import TaskError, load_task
 
     prog = "decoupled sweep"
     out: Path | None = None
-
     if is_experiment_preset(args.preset):  # a finding's experiment (presets/findings/f1.toml ... f5.toml): several arms
         return _run_experiment_preset(args)
     try:
-        config = load_sweep_config(args.preset, args.config, _overrides(args))
+        task = load_task(args.task) if args.task is not None else None
+        config = load_sweep_config(args.preset, args.config, _overrides(args), task=task)
         out = Path(args.out) if args.out else _default_out(config.name)
         options = _execution(args, out, prog)
         device = options.device
         cells = sum(grid.cells for grid in config.grids)
-        print(f"decoupled sweep '{config.name}': {cells} cells x {config.seeds} seeds on {config.data.dataset}, "
+        on = f"task {task.name!r}" if task is not None else config.data.dataset
+        print(f"decoupled sweep '{config.name}': {cells} cells x {config.seeds} seeds on {on}, "
               f"device {device}; output folder: {out}", flush=True)  # fmt: skip
-        summary = run_sweep(config, options, make_progress(sys.stdout))
-    except (ConfigError, DataError, StoreError, ValueError, BackendError, KeyboardInterrupt) as error:
+        summary = run_sweep(config, options, make_progress(sys.stdout), task=task)
+    except (ConfigError, DataError, StoreError, TaskError, ValueError, BackendError, KeyboardInterrupt) as error:
         return _refused(prog, error, out)
     print(_summary_line(summary), flush=True)
     for failure in summary.failed[:5]:
@@ -249,6 +256,9 @@ def _run_experiment_preset(args: argparse.Namespace) -> int:
     prog = "decoupled sweep"
     out: Path | None = None
     try:
+        if getattr(args, "task", None) is not None:
+            raise ConfigError(f"--task runs your model on a sweep preset; {args.preset!r} is a finding's experiment "
+                              "on the built-in MNIST-1D task")  # fmt: skip
         if args.config is not None:
             raise ConfigError(f"--config layers over a sweep preset; {args.preset!r} is a finding's experiment "
                               "(use --set KEY=VALUE, which applies to each of its arms)")  # fmt: skip

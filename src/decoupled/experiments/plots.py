@@ -145,8 +145,9 @@ def plot_heatmaps(findings: Findings, path: Path) -> Path:
         ax.axis("off")
     config = findings.config
     figure.suptitle(
-        f"Final error (%) on {config.data.dataset}, {config.train.epochs} epochs, {config.train.schedule} schedule, "
-        f"mean of {config.seeds} seed{'s' if config.seeds > 1 else ''} (second line: +-std over seeds)\n"
+        f"Final error (%) on {repr(config.task) if config.task else config.data.dataset}, {config.train.epochs} "
+        f"epochs, {config.train.schedule} schedule, mean of {config.seeds} seed{'s' if config.seeds > 1 else ''} "
+        "(second line: +-std over seeds)\n"
         "rings: 10 best cells on test error; red square: the cell picked on validation; hatched: diverged",
         fontsize=10,
     )

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..analysis import Findings, OptimizerFindings
 from ..stats import Interval, paired_interval
-from ..train import warm_restart_periods
+from ..tasks import warm_restart_periods
 from .common import FindingResult, combine, direction_verdict, fmt_points
 
 TITLE = "Adam benefits from a scheduled learning-rate multiplier"
