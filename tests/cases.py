@@ -17,6 +17,7 @@ from decoupled import DECAY_CONVENTIONS
 from reference import ReferenceAdam, ReferenceSGD
 
 DECAYS = DECAY_CONVENTIONS  # test_conventions pins the tuple itself
+DECOUPLED_DECAYS = tuple(decay for decay in DECAYS if decay != "l2")
 PATHS = {
     "default": {},
     "forloop": {"foreach": False, "fused": False},
@@ -34,6 +35,7 @@ class OptimizerCase:
     maximize: bool = False  # then the gradients are of -f, so that the run stays bounded
     scale_spread: float = 1.0  # gradient scales are 10 ** (spread * (i - 3)): Adam takes any, SGD needs lr*scale < 2
     base_lr: float = 0.02  # the lr of build_groups' group 0 (alpha); group 1 takes GROUP_HYPER's share of it
+    decays: tuple[str, ...] = DECAY_CONVENTIONS  # the conventions it takes (cautious decay refuses "l2")
 
 
 def _adamw(**options):
@@ -72,6 +74,49 @@ OPTIMIZER_CASES = [
     ),
     OptimizerCase(
         "SGDW-no-momentum", _sgdw(momentum=0.0), lambda: ReferenceSGD(momentum=0.0), (), scale_spread=1 / 3, base_lr=0.05
+    ),
+    OptimizerCase(
+        "AdamW-cautious",
+        _adamw(cautious=True),
+        lambda: ReferenceAdam(cautious=True),
+        ("step", "exp_avg", "exp_avg_sq"),
+        decays=DECOUPLED_DECAYS,
+    ),
+    OptimizerCase(
+        "AdamW-cautious-amsgrad-maximize",
+        _adamw(betas=(0.8, 0.99), eps=1e-6, amsgrad=True, maximize=True, cautious=True),
+        lambda: ReferenceAdam(betas=(0.8, 0.99), eps=1e-6, amsgrad=True, maximize=True, cautious=True),
+        ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+        maximize=True,
+        decays=DECOUPLED_DECAYS,
+    ),
+    OptimizerCase(
+        "SGDW-cautious",
+        _sgdw(momentum=0.9, cautious=True),
+        lambda: ReferenceSGD(momentum=0.9, cautious=True),
+        ("momentum_buffer",),
+        scale_spread=1 / 3,
+        base_lr=0.05,
+        decays=DECOUPLED_DECAYS,
+    ),
+    OptimizerCase(
+        "SGDW-cautious-nesterov-maximize",
+        _sgdw(momentum=0.8, nesterov=True, maximize=True, cautious=True),
+        lambda: ReferenceSGD(momentum=0.8, nesterov=True, maximize=True, cautious=True),
+        ("momentum_buffer",),
+        maximize=True,
+        scale_spread=1 / 3,
+        base_lr=0.05,
+        decays=DECOUPLED_DECAYS,
+    ),
+    OptimizerCase(
+        "SGDW-cautious-no-momentum",
+        _sgdw(momentum=0.0, cautious=True),
+        lambda: ReferenceSGD(momentum=0.0, cautious=True),
+        (),
+        scale_spread=1 / 3,
+        base_lr=0.05,
+        decays=DECOUPLED_DECAYS,
     ),
 ]
 

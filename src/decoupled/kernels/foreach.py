@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["adam", "increment", "sgd"]
+from .forloop import cautious_mask
+
+__all__ = ["adam", "cautious_decay_", "increment", "sgd"]
 
 
 _REDUCED_PRECISION = (torch.bfloat16, torch.float16)
@@ -27,6 +29,15 @@ def decay_(params: list[Tensor], decay_factor: float) -> None:
     if first.dtype in _REDUCED_PRECISION:
         keep = torch.tensor(keep, dtype=torch.float32, device=first.device)
     torch._foreach_mul_(params, keep)
+
+
+def cautious_decay_(params: list[Tensor], directions: list[Tensor], decay_factor: float) -> None:
+    """theta <- theta - decay_factor * 1[u theta >= 0] * theta per tensor, u = ``directions`` (signs compared).
+
+    The masks are made one tensor at a time (torch has no foreach comparison); the decay is one foreach op.
+    """
+    masks = [cautious_mask(direction, param) for direction, param in zip(directions, params)]
+    torch._foreach_addcmul_(params, params, masks, value=-decay_factor)
 
 
 def increment(steps: list[Tensor]) -> None:
@@ -65,13 +76,18 @@ def adam(
     l2: float,
     amsgrad: bool,
     maximize: bool,
+    cautious: bool = False,
 ) -> None:
-    """Algorithm 2 (Adam/AdamW) over a tensor list. Increments each ``steps`` entry by one."""
+    """Algorithm 2 (Adam/AdamW) over a tensor list. Increments each ``steps`` entry by one.
+
+    With ``cautious`` the decay's mask compares the signs of m_t and theta_{t-1} (u_t has the sign of m_t).
+    """
     if not params:
         return
+    masked = cautious and decay_factor != 0
     grads = _effective_grads(params, grads, maximize, l2)
     increment(steps)
-    if decay_factor != 0:
+    if decay_factor != 0 and not masked:
         decay_(params, decay_factor)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
@@ -86,6 +102,8 @@ def adam(
     torch._foreach_div_(denom, [(1 - beta2**step) ** 0.5 for step in step_values])
     torch._foreach_add_(denom, eps)
     step_sizes = [-lr / (1 - beta1**step) for step in step_values]
+    if masked:
+        cautious_decay_(params, exp_avgs, decay_factor)
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
 
 
@@ -100,11 +118,29 @@ def sgd(
     maximize: bool,
     decay_factor: float,
     l2: float,
+    cautious: bool = False,
 ) -> None:
-    """Algorithm 1 (SGD/SGDW, the scheduled step inside the buffer) over a tensor list."""
+    """Algorithm 1 (SGD/SGDW, the scheduled step inside the buffer) over a tensor list.
+
+    With ``cautious`` the decay's mask takes u_t = the vector subtracted (m_t; momentum m_t + lr g with
+    nesterov; lr g without momentum).
+    """
     if not params:
         return
     grads = _effective_grads(params, grads, maximize, l2)
+    if cautious and decay_factor != 0:
+        if momentum == 0:
+            updates = torch._foreach_mul(grads, lr)
+        else:
+            torch._foreach_mul_(momentum_buffers, momentum)
+            torch._foreach_add_(momentum_buffers, grads, alpha=lr)
+            updates = momentum_buffers
+            if nesterov:
+                updates = torch._foreach_mul(momentum_buffers, momentum)
+                torch._foreach_add_(updates, grads, alpha=lr)
+        cautious_decay_(params, updates, decay_factor)
+        torch._foreach_sub_(params, updates)
+        return
     if decay_factor != 0:
         decay_(params, decay_factor)
     if momentum == 0:

@@ -2,7 +2,9 @@
 
 All kernels in this package share one signature per family and see weight decay only as
 ``decay_factor`` (theta <- (1 - decay_factor) theta_{t-1}) and ``l2`` (g <- g + l2 theta_{t-1});
-see :mod:`decoupled.conventions`. Gradients are never modified in place.
+see :mod:`decoupled.conventions`. With ``cautious`` the decay is applied only where the update direction u_t
+and theta_{t-1} do not have opposite signs (Chen et al. 2025): theta_t = theta_{t-1} - step_t - decay_factor *
+1[u_t theta_{t-1} >= 0] theta_{t-1}. Gradients are never modified in place.
 """
 
 from __future__ import annotations
@@ -10,7 +12,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["adam", "sgd"]
+__all__ = ["adam", "cautious_mask", "sgd"]
+
+
+def cautious_mask(direction: Tensor, param: Tensor) -> Tensor:
+    """1 where ``direction`` and ``param`` do not have opposite signs, else 0, in ``param``'s dtype.
+
+    The signs are compared (sign(u) sign(theta) >= 0) rather than the product u * theta, which can underflow
+    to -0.0 or 0.0 where the signs differ. A NaN direction gives 0 (the update is NaN there anyway).
+    """
+    return torch.sign(direction).mul_(torch.sign(param)).ge_(0).to(param.dtype)
 
 
 def adam(
@@ -29,15 +40,21 @@ def adam(
     l2: float,
     amsgrad: bool,
     maximize: bool,
+    cautious: bool = False,
 ) -> None:
-    """Algorithm 2 (Adam/AdamW), one tensor at a time. Increments each ``steps`` entry by one."""
+    """Algorithm 2 (Adam/AdamW), one tensor at a time. Increments each ``steps`` entry by one.
+
+    With ``cautious`` the mask compares the signs of m_t and theta_{t-1}: u_t = mhat_t / (sqrt(vhat_t) + eps)
+    has the sign of m_t, its denominator being positive.
+    """
+    masked = cautious and decay_factor != 0
     for i, param in enumerate(params):
         grad = -grads[i] if maximize else grads[i]
         if l2 != 0:
             grad = grad.add(param, alpha=l2)
         steps[i] += 1
         step = steps[i].item()
-        if decay_factor != 0:
+        if decay_factor != 0 and not masked:
             param.mul_(1 - decay_factor)
         exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
         exp_avg.lerp_(grad, 1 - beta1)
@@ -49,6 +66,8 @@ def adam(
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         denom = (second_moment.sqrt() / bias_correction2_sqrt).add_(eps)
+        if masked:  # theta_{t-1} -= decay_factor * mask * theta_{t-1}, before the step
+            param.addcmul_(param, cautious_mask(exp_avg, param), value=-decay_factor)
         param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
 
 
@@ -63,12 +82,18 @@ def sgd(
     maximize: bool,
     decay_factor: float,
     l2: float,
+    cautious: bool = False,
 ) -> None:
     """Algorithm 1 (SGD/SGDW, the scheduled step inside the buffer), one tensor at a time.
 
     m = momentum * m + lr * g;  theta = (1 - decay_factor) * theta - (nesterov ? momentum * m + lr * g : m).
-    ``momentum_buffers`` is unused when ``momentum`` is 0 (there is no buffer then).
+    ``momentum_buffers`` is unused when ``momentum`` is 0 (there is no buffer then). With ``cautious`` the
+    mask's u_t is the vector subtracted: m_t, momentum * m_t + lr * g with nesterov, lr * g without momentum.
     """
+    if cautious and decay_factor != 0:
+        _sgd_cautious(params, grads, momentum_buffers, lr=lr, momentum=momentum, nesterov=nesterov,
+                      maximize=maximize, decay_factor=decay_factor)  # fmt: skip
+        return
     for i, param in enumerate(params):
         grad = -grads[i] if maximize else grads[i]
         if l2 != 0:
@@ -84,3 +109,27 @@ def sgd(
             param.sub_(buf, alpha=momentum).add_(grad, alpha=-lr)
         else:
             param.sub_(buf)
+
+
+def _sgd_cautious(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    maximize: bool,
+    decay_factor: float,
+) -> None:
+    """SGDW with cautious decay: u_t first, then theta -= decay_factor * 1[u_t theta >= 0] theta + u_t."""
+    for i, param in enumerate(params):
+        grad = -grads[i] if maximize else grads[i]
+        if momentum == 0:
+            update = grad * lr
+        else:
+            buf = momentum_buffers[i]
+            buf.mul_(momentum).add_(grad, alpha=lr)
+            update = buf.mul(momentum).add_(grad, alpha=lr) if nesterov else buf
+        param.addcmul_(param, cautious_mask(update, param), value=-decay_factor)
+        param.sub_(update)

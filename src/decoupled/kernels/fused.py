@@ -4,6 +4,10 @@ Adam/AdamW map exactly onto torch's own fused kernels. torch's fused AdamW compu
 ``theta <- theta (1 - lr wd) - lr mhat / (sqrt(vhat) + eps)``, so the paper's decay factor eta_t * lambda (or
 any other per-step factor f) is obtained with ``wd = f / lr``: torch's fused AdamW with weight_decay =
 lambda / alpha and lr = eta_t * alpha *is* the paper's AdamW. The coupled "l2" convention is torch's fused Adam.
+torch's kernel cannot mask the decay, so cautious AdamW on the CPU runs the native Adam kernel
+(:mod:`decoupled.kernels.native`), which is also the default for bfloat16 CPU tensors, where it is faster than
+torch's (docs/benchmark.md). Elsewhere (CUDA, no C compiler) a cautious decay is applied in a pass of its own
+before torch's fused step: the mask needs m_t, recomputed there as lerp(m_{t-1}, g, 1 - beta1).
 
 SGD/SGDW has no torch counterpart (torch keeps the learning rate outside the momentum buffer and knows
 only L2 decay), so on the CPU it runs :mod:`decoupled.kernels.native`, one C loop over all tensors.
@@ -42,13 +46,72 @@ def adam(
     l2: float,
     amsgrad: bool,
     maximize: bool,
+    cautious: bool = False,
 ) -> None:
-    """Algorithm 2 on torch's fused Adam(W) kernel. Increments each ``steps`` entry by one."""
+    """Algorithm 2 in one pass: the native kernel where it is needed (cautious) or faster (bfloat16) on CPU
+    tensors it can take, torch's fused Adam(W) kernel (:func:`adam_torch`) for the rest. Increments ``steps``."""
     if not params:
         return
     if decay_factor != 0 and l2 != 0:
         raise ValueError("the fused Adam kernel takes a decay factor or an L2 coefficient, not both")
-    _check_sizes(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [])
+    states = [exp_avgs, exp_avg_sqs, *([max_exp_avg_sqs] if amsgrad else [])]
+    numels = _check_sizes(params, grads, *states)
+    cautious = cautious and decay_factor != 0
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, l2=l2, amsgrad=amsgrad, maximize=maximize)
+    first = params[0]
+    if first.is_cpu and (cautious or native.adam_preferred(first.dtype)) and native.supports_dtype(first.dtype):
+        if native.adam_steps_code(steps) is not None:
+            if _native_takes_all(params, grads, *states):
+                native.adam_(
+                    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                    keep=1 - decay_factor, cautious=cautious, numels=numels, **hyper,
+                )  # fmt: skip
+                return
+            mine = [i for i in range(len(params)) if _native_takes(params[i], grads[i], *(s[i] for s in states))]
+            if mine:
+                pick = lambda tensors: [tensors[i] for i in mine]  # noqa: E731
+                native.adam_(
+                    pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs),
+                    pick(max_exp_avg_sqs) if amsgrad else [], pick(steps),
+                    keep=1 - decay_factor, cautious=cautious, **hyper,
+                )  # fmt: skip
+                rest = sorted(set(range(len(params))) - set(mine))
+                keep = lambda tensors: [tensors[i] for i in rest]  # noqa: E731
+                params, grads, exp_avgs, exp_avg_sqs, steps = map(keep, (params, grads, exp_avgs, exp_avg_sqs, steps))
+                max_exp_avg_sqs = keep(max_exp_avg_sqs) if amsgrad else []
+    adam_torch(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+        decay_factor=decay_factor, cautious=cautious, **hyper,
+    )  # fmt: skip
+
+
+def adam_torch(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    decay_factor: float,
+    l2: float,
+    amsgrad: bool,
+    maximize: bool,
+    cautious: bool = False,
+) -> None:
+    """Algorithm 2 on torch's fused Adam(W) kernel (any device it supports); a cautious decay is a pass of its
+    own before it (see the module docstring). Increments each ``steps`` entry by one."""
+    if not params:
+        return
+    if cautious and decay_factor != 0:
+        # m_t as the kernel will compute it (up to rounding, which only matters where m_t is 0 to round-off).
+        effective = torch._foreach_neg(grads) if maximize else grads
+        foreach.cautious_decay_(params, torch._foreach_lerp(exp_avgs, effective, 1 - beta1), decay_factor)
+        decay_factor = 0.0
     if decay_factor != 0 and lr == 0:
         # wd = factor / lr is undefined; the Adam step itself is zero, so only the decay remains.
         foreach.decay_(params, decay_factor)
@@ -85,6 +148,7 @@ def sgd(
     maximize: bool,
     decay_factor: float,
     l2: float,
+    cautious: bool = False,
 ) -> None:
     """Algorithm 1 in one pass: the native C kernel for contiguous CPU tensors, :func:`sgd_torch` for the rest.
 
@@ -94,7 +158,9 @@ def sgd(
         return
     buffers = momentum_buffers if momentum != 0 else None
     numels = _check_sizes(params, grads, buffers or [])
-    hyper = dict(lr=lr, momentum=momentum, nesterov=nesterov, maximize=maximize)
+    hyper = dict(
+        lr=lr, momentum=momentum, nesterov=nesterov, maximize=maximize, cautious=cautious and decay_factor != 0
+    )
     if native_eligible(params, grads, buffers):
         native.sgd_(params, grads, buffers, keep=1 - decay_factor, l2=l2, numels=numels, **hyper)
         return
@@ -134,22 +200,20 @@ def _check_sizes(params: list[Tensor], *others: list[Tensor]) -> list[int]:
     return numels
 
 
-def _native_takes_all(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | None) -> bool:
-    """Whether every tensor is contiguous and every grad and buffer has its parameter's dtype.
+def _native_takes_all(params: list[Tensor], *others: list[Tensor] | None) -> bool:
+    """Whether every tensor is contiguous and every grad and state tensor has its parameter's dtype.
 
-    The kernel writes through raw addresses, so this is checked on every step (a grad with another
+    The kernels write through raw addresses, so this is checked on every step (a grad with another
     ``grad_dtype`` or a state tensor of another dtype goes to torch's kernel, which checks dtypes). Sizes
     are checked by :func:`_check_sizes`; parameters share one dtype (the dispatcher groups them).
     """
     dtype = params[0].dtype
-    others = grads if buffers is None else [*grads, *buffers]
-    return (
-        all(map(_is_contiguous, params)) and all(map(_is_contiguous, others)) and all(t.dtype is dtype for t in others)
-    )
+    rest = [t for tensors in others if tensors for t in tensors]
+    return all(map(_is_contiguous, params)) and all(map(_is_contiguous, rest)) and all(t.dtype is dtype for t in rest)
 
 
-def _native_takes(param: Tensor, grad: Tensor, buffer: Tensor | None) -> bool:
-    tensors = (param, grad) if buffer is None else (param, grad, buffer)
+def _native_takes(param: Tensor, *others: Tensor | None) -> bool:
+    tensors = (param, *(t for t in others if t is not None))
     return all(t.is_contiguous() and t.dtype == param.dtype for t in tensors)
 
 
@@ -170,6 +234,7 @@ def sgd_torch(
     maximize: bool,
     decay_factor: float,
     l2: float,
+    cautious: bool = False,
 ) -> None:
     """Algorithm 1 on torch's fused SGD kernel (any device it supports); see the module docstring.
 
@@ -182,10 +247,19 @@ def sgd_torch(
     if nesterov or _torch_sgd_miscomputes(params):
         foreach.sgd(
             params, grads, momentum_buffers, lr=lr, momentum=momentum, nesterov=nesterov,
-            maximize=maximize, decay_factor=decay_factor, l2=l2,
+            maximize=maximize, decay_factor=decay_factor, l2=l2, cautious=cautious,
         )  # fmt: skip
         return
-    if decay_factor != 0:
+    if cautious and decay_factor != 0:
+        # u_t = mu m_{t-1} + lr g (lr g without momentum), computed beside the kernel's own (to round-off).
+        effective = torch._foreach_neg(grads) if maximize else grads
+        if momentum != 0:
+            updates = torch._foreach_mul(momentum_buffers, momentum)
+            torch._foreach_add_(updates, effective, alpha=lr)
+        else:
+            updates = torch._foreach_mul(effective, lr)
+        foreach.cautious_decay_(params, updates, decay_factor)
+    elif decay_factor != 0:
         foreach.decay_(params, decay_factor)
     # With momentum: buf = mu buf + lr (g + l2 theta); theta -= buf. Without: theta -= lr (g + l2 theta).
     step_lr, dampening = (1.0, 1.0 - lr) if momentum != 0 else (lr, 0.0)
