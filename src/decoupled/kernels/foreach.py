@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .forloop import cautious_mask
+from .forloop import cautious_keep
 
 __all__ = ["adam", "cautious_decay_", "increment", "sgd"]
 
@@ -36,8 +36,8 @@ def cautious_decay_(params: list[Tensor], directions: list[Tensor], decay_factor
 
     The masks are made one tensor at a time (torch has no foreach comparison); the decay is one foreach op.
     """
-    masks = [cautious_mask(direction, param) for direction, param in zip(directions, params)]
-    torch._foreach_addcmul_(params, params, masks, value=-decay_factor)
+    keeps = [cautious_keep(direction, param, decay_factor) for direction, param in zip(directions, params)]
+    torch._foreach_mul_(params, keeps)
 
 
 def increment(steps: list[Tensor]) -> None:

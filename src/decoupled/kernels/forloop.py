@@ -12,16 +12,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["adam", "cautious_mask", "sgd"]
+__all__ = ["adam", "cautious_keep", "sgd"]
 
 
-def cautious_mask(direction: Tensor, param: Tensor) -> Tensor:
-    """1 where ``direction`` and ``param`` do not have opposite signs, else 0, in ``param``'s dtype.
+def cautious_keep(direction: Tensor, param: Tensor, decay_factor: float) -> Tensor:
+    """The per-element factor theta is multiplied by: 1 - decay_factor where ``direction`` (u_t) and ``param``
+    do not have opposite signs, 1 where they do (float32 for bfloat16/float16 parameters, so that 1 - factor
+    is not rounded to their 8 or 11 bits; the multiply rounds once, as the fused kernels do).
 
     The signs are compared (sign(u) sign(theta) >= 0) rather than the product u * theta, which can underflow
-    to -0.0 or 0.0 where the signs differ. A NaN direction gives 0 (the update is NaN there anyway).
+    to -0.0 or 0.0 where the signs differ.
     """
-    return torch.sign(direction).mul_(torch.sign(param)).ge_(0).to(param.dtype)
+    dtype = torch.float32 if param.dtype in (torch.bfloat16, torch.float16) else param.dtype
+    same_side = torch.sign(direction).mul_(torch.sign(param)) >= 0
+    return torch.where(same_side, torch.tensor(1 - decay_factor, dtype=dtype), torch.tensor(1.0, dtype=dtype))
 
 
 def adam(
@@ -67,7 +71,7 @@ def adam(
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         denom = (second_moment.sqrt() / bias_correction2_sqrt).add_(eps)
         if masked:  # theta_{t-1} -= decay_factor * mask * theta_{t-1}, before the step
-            param.addcmul_(param, cautious_mask(exp_avg, param), value=-decay_factor)
+            param.mul_(cautious_keep(exp_avg, param, decay_factor))
         param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
 
 
@@ -131,5 +135,5 @@ def _sgd_cautious(
             buf = momentum_buffers[i]
             buf.mul_(momentum).add_(grad, alpha=lr)
             update = buf.mul(momentum).add_(grad, alpha=lr) if nesterov else buf
-        param.addcmul_(param, cautious_mask(update, param), value=-decay_factor)
+        param.mul_(cautious_keep(update, param, decay_factor))
         param.sub_(update)
