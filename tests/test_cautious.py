@@ -138,15 +138,17 @@ def test_groups_mixing_cautious_and_plain_and_conventions_match_the_reference(fa
             assert optimizer.state[param]["step"].item() == reference_state["step"].item()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("family", ["AdamW", "SGDW"])
-def test_bf16_cautious_runs_stay_near_the_float64_reference(family, path):
+def test_reduced_precision_cautious_runs_stay_near_the_float64_reference(family, path, dtype):
     """bf16 rounds every stored value to 8 bits (and a mask decision near u_t = 0 may go either way), so the
-    bound is loose: within 5% of the parameters' scale after 40 steps; the fp32 run is within 0.02%."""
+    bound is loose: within 5% of the parameters' scale after 40 steps; the fp32 run is within 0.02%. (fp16
+    AdamW on the CPU takes torch's fused kernel after a mask pass, not the native kernel.)"""
     kwargs, context = PATHS[path]
-    _, params, _, _, expected = _mixed_run(family, torch.bfloat16, kwargs, context)
+    _, params, _, _, expected = _mixed_run(family, dtype, kwargs, context)
     for param, reference in zip(params, expected):
-        assert param.dtype == torch.bfloat16
+        assert param.dtype == dtype
         error = (param.detach().double() - reference).abs().max().item() / reference.abs().max().item()
         assert error < 0.05, error
 

@@ -6,8 +6,8 @@ any other per-step factor f) is obtained with ``wd = f / lr``: torch's fused Ada
 lambda / alpha and lr = eta_t * alpha *is* the paper's AdamW. The coupled "l2" convention is torch's fused Adam.
 torch's kernel cannot mask the decay, so cautious AdamW on the CPU runs the native Adam kernel
 (:mod:`decoupled.kernels.native`), which is also the default for bfloat16 CPU tensors, where it is faster than
-torch's (docs/benchmark.md). Elsewhere (CUDA, no C compiler) a cautious decay is applied in a pass of its own
-before torch's fused step: the mask needs m_t, recomputed there as lerp(m_{t-1}, g, 1 - beta1).
+torch's (docs/benchmark.md). Elsewhere (CUDA, float16, no C compiler) a cautious decay is applied in a pass of
+its own before torch's fused step: the mask needs m_t, recomputed there as lerp(m_{t-1}, g, 1 - beta1).
 
 SGD/SGDW has no torch counterpart (torch keeps the learning rate outside the momentum buffer and knows
 only L2 decay), so on the CPU it runs :mod:`decoupled.kernels.native`, one C loop over all tensors.
@@ -59,7 +59,7 @@ def adam(
     cautious = cautious and decay_factor != 0
     hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, l2=l2, amsgrad=amsgrad, maximize=maximize)
     first = params[0]
-    if first.is_cpu and (cautious or native.adam_preferred(first.dtype)) and native.supports_dtype(first.dtype):
+    if first.is_cpu and (cautious or native.adam_preferred(first.dtype)) and native.supports_adam_dtype(first.dtype):
         if native.adam_steps_code(steps) is not None:
             if _native_takes_all(params, grads, *states):
                 native.adam_(

@@ -43,6 +43,7 @@ __all__ = [
     "forced",
     "unavailable_reason",
     "sgd_",
+    "supports_adam_dtype",
     "supports_dtype",
     "team_size",
 ]
@@ -169,8 +170,12 @@ def bypassed() -> Iterator[None]:
 
 _forced = False  # set by forced()
 # The dtypes whose plain (non-cautious) Adam steps take the native kernel by default, where it beats torch's
-# fused AdamW (docs/benchmark.md): bfloat16, where torch's is compute bound. fp32/fp64 stay on torch's kernel.
+# fused AdamW (docs/benchmark.md): bfloat16, where torch's is compute bound. fp32 stays on torch's kernel.
 _ADAM_PREFERRED = (torch.bfloat16,)
+# float16 is not among the native Adam kernel's dtypes: C's _Float16 arithmetic does not vectorize without
+# AVX512-FP16 and made the step 5x slower than torch's fused one; cautious float16 steps take torch's kernel
+# after a mask pass instead (see decoupled.kernels.fused).
+_ADAM_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 @contextlib.contextmanager
@@ -187,7 +192,12 @@ def forced() -> Iterator[None]:
 
 def adam_preferred(dtype: torch.dtype) -> bool:
     """Whether a plain Adam step on CPU tensors of ``dtype`` takes the native kernel rather than torch's."""
-    return (_forced or dtype in _ADAM_PREFERRED) and supports_dtype(dtype)
+    return (_forced or dtype in _ADAM_PREFERRED) and supports_adam_dtype(dtype)
+
+
+def supports_adam_dtype(dtype: torch.dtype) -> bool:
+    """Whether the native Adam kernel takes CPU tensors of ``dtype`` (float32, float64, bfloat16)."""
+    return dtype in _ADAM_DTYPES and supports_dtype(dtype)
 
 
 def supports_dtype(dtype: torch.dtype) -> bool:
