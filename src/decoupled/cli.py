@@ -56,7 +56,10 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to run (a preset, then --config, then these flags; later wins)")
     what.add_argument("--preset", default="default", help="a preset's name: default, smoke, paper (default: default)")
     what.add_argument("--config", metavar="FILE", help="a TOML file layered over the preset (same keys as presets)")
-    what.add_argument("--optimizers", metavar="LIST", help="comma-separated subset of adam,adamw,sgd,sgdw")
+    what.add_argument(
+        "--optimizers", metavar="LIST",
+        help="comma-separated subset of adam,adamw,sgd,sgdw (default: the four) and adamw-cautious,sgdw-cautious,adamc",
+    )  # fmt: skip
     what.add_argument("--seeds", type=int, metavar="N", help="runs per cell (seeds 0..N-1)")
     what.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
     what.add_argument("--batch-size", type=int, metavar="N", help="examples per step")
@@ -94,6 +97,7 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         help="--backend ray: the cluster (default: RAY_ADDRESS, else a local Ray instance)",
     )
     how.add_argument("--no-report", action="store_true", help="do not render the report at the end")
+    _add_weight_decay_axis_argument(how)
 
 
 def _number_list(flag: str, text: str) -> list[float]:
@@ -206,7 +210,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     for failure in summary.failed[:5]:
         print(f"  failed: {failure.task.describe()}: {failure.error}", file=sys.stderr)
     if not args.no_report:
-        _print_report_paths(render_report(out))
+        _print_report_paths(render_report(out, weight_decay_unit=args.weight_decay_axis))
     print(f"output folder: {out}")
     return EXIT_FAILED_RUNS if summary.failed else EXIT_OK
 
@@ -214,8 +218,17 @@ def _run_sweep(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------- report
 
 
+def _add_weight_decay_axis_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weight-decay-axis", choices=["lambda", "tau"], default="lambda",
+        help="label the heatmaps' decoupled weight decays as lambda (default) or as the timescale "
+        "tau = 1/(lambda * steps per epoch) in epochs",
+    )  # fmt: skip
+
+
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", metavar="DIR", help="a sweep's output folder (holding results.sqlite)")
+    _add_weight_decay_axis_argument(parser)
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -223,7 +236,7 @@ def _run_report(args: argparse.Namespace) -> int:
     from .experiments.store import StoreError
 
     try:
-        paths = render_report(args.folder)
+        paths = render_report(args.folder, weight_decay_unit=args.weight_decay_axis)
     except StoreError as error:
         return _fail("decoupled report", str(error))
     _print_report_paths(paths)

@@ -2,7 +2,8 @@
 
 The optimizers are the library's own: "adam" and "adamw" are :class:`decoupled.AdamW` with ``decay="l2"`` and
 ``decay="decoupled"``, "sgd" and "sgdw" are :class:`decoupled.SGDW` likewise, so each pair runs one
-implementation and differs only in where lambda enters (line 6 vs line 12 of Algorithm 2, Algorithm 1). The
+implementation and differs only in where lambda enters (line 6 vs line 12 of Algorithm 2, Algorithm 1);
+"adamw-cautious"/"sgdw-cautious" add ``cautious=True`` and "adamc" is ``decay="corrected"``. The
 schedule eta_t is the cosine of the paper (one period over the whole run, stepped every batch, from
 :class:`decoupled.CosineWarmRestarts`), or a constant eta_t = 1.
 """
@@ -97,11 +98,12 @@ def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer
     if spec.family == "adam":
         return decoupled.AdamW(
             params, lr=config.lr, betas=(train.beta1, train.beta2), eps=train.eps,
-            weight_decay=config.weight_decay, decay=spec.decay,
+            weight_decay=config.weight_decay, decay=spec.decay, cautious=spec.cautious,
         )  # fmt: skip
     return decoupled.SGDW(
-        params, lr=config.lr, momentum=train.momentum, weight_decay=config.weight_decay, decay=spec.decay
-    )
+        params, lr=config.lr, momentum=train.momentum, weight_decay=config.weight_decay, decay=spec.decay,
+        cautious=spec.cautious,
+    )  # fmt: skip
 
 
 def _error(model: nn.Module, splits: Splits, x: Tensor, y: Tensor, batch_size: int) -> float:
