@@ -222,3 +222,8 @@ for _path, _options in PATHS.items():
         p, lr=0.1, momentum=0.9, weight_decay=0.05, **o
     )
 INTEGRATION_CASES["decouple(Adam)"] = lambda p: decoupled.decouple(torch.optim.Adam)(p, lr=1e-2, weight_decay=0.05)
+# Cautious decay on the default path (the native kernels on the CPU) and corrected decay.
+INTEGRATION_CASES["AdamW-cautious"] = lambda p: decoupled.AdamW(p, lr=1e-2, weight_decay=0.05, cautious=True)
+INTEGRATION_CASES["SGDW-cautious-corrected"] = lambda p: decoupled.SGDW(
+    p, lr=0.1, momentum=0.9, weight_decay=0.05, decay="corrected", cautious=True
+)

@@ -143,6 +143,13 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     return None, "could not build the native kernels: " + "; ".join(errors)
 
 
+def _library() -> ctypes.CDLL:
+    library = _load()[0]
+    if library is None:
+        raise RuntimeError(unavailable_reason())
+    return library
+
+
 def available() -> bool:
     """Whether the fused CPU kernels (SGD, Adam) could be built and loaded on this machine."""
     return _load()[0] is not None
@@ -213,9 +220,7 @@ def team_size(requested: int) -> int:
     The kernel asks for ``torch.get_num_threads()``; it runs on torch's own OpenMP runtime, so this is the
     thread count torch's kernels use too (1 when the library was built without OpenMP).
     """
-    library = _load()[0]
-    if library is None:
-        raise RuntimeError(unavailable_reason())
+    library = _library()
     return int(library.decoupled_team_size(requested))
 
 
@@ -240,9 +245,7 @@ def sgd_(
     The caller guarantees device, dtype, contiguity and matching sizes (:func:`decoupled.kernels.fused.sgd`
     checks them): the kernel writes through raw addresses.
     """
-    library = _load()[0]
-    if library is None:
-        raise RuntimeError(unavailable_reason())
+    library = _library()
     count = len(params)
     if count == 0:
         return
@@ -304,9 +307,7 @@ def adam_(
     device, dtype, one shared dense layout and matching sizes, and that :func:`adam_steps_code` is not None
     (:func:`decoupled.kernels.fused.adam` checks them): the kernel writes through raw addresses.
     """
-    library = _load()[0]
-    if library is None:
-        raise RuntimeError(unavailable_reason())
+    library = _library()
     count = len(params)
     if count == 0:
         return
