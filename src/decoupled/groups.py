@@ -112,7 +112,9 @@ def effective_decay(optimizer: Optimizer) -> list[float | None]:
     Works for this package's optimizers (any convention) and for torch's own: torch.optim.AdamW (and Adam,
     NAdam, RAdam with ``decoupled_weight_decay=True``) decay by f = lr * weight_decay. An L2 penalty (decay="l2",
     or torch's SGD/Adam/... ``weight_decay``) has no per-step factor, since it goes through the gradient and, for
-    adaptive methods, the preconditioner: its entry is None.
+    adaptive methods, the preconditioner: its entry is None. With ``cautious=True`` the factor is that of the
+    coordinates the mask decays (those where the update and theta do not have opposite signs); the others keep
+    theta. For decay="corrected" it is eta_t^2 * weight_decay.
 
     Example:
         >>> import torch, decoupled
