@@ -273,3 +273,21 @@ def test_corrected_decay_is_the_square_of_the_schedule_in_a_run():
     optimizer.step()
     assert torch.allclose(param.detach(), torch.full((4,), 1 - 0.25 * 0.2, dtype=torch.float64))
     assert math.isclose(decoupled.effective_decay(optimizer)[0], 0.25 * 0.2)
+
+
+@pytest.mark.parametrize("step_dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_native_adam_kernel_counts_float64_steps_too(step_dtype):
+    """Step counts loaded from a checkpoint made under torch.set_default_dtype(torch.float64) are float64
+    scalars; the native kernel increments those in place as well (and the for-loop path agrees)."""
+    runs = []
+    for path in ({}, {"foreach": False, "fused": False}):
+        param = torch.nn.Parameter(torch.linspace(-1, 1, 64))
+        optimizer = decoupled.AdamW([param], lr=0.01, weight_decay=0.1, cautious=True, **path)
+        for step in range(6):
+            param.grad = torch.sin(torch.arange(64.0) + step)
+            optimizer.step()
+            if step == 0:
+                optimizer.state[param]["step"] = optimizer.state[param]["step"].to(step_dtype)
+        assert optimizer.state[param]["step"].dtype == step_dtype and optimizer.state[param]["step"].item() == 6
+        runs.append(param.detach().clone())
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-6, atol=1e-7)
