@@ -11,7 +11,9 @@ Three interchangeable implementations share each family's signature:
 ``foreach=``/``fused=`` mean what they mean in torch.optim: when the user sets neither, the fastest path that
 supports the tensors is chosen (fused, then foreach, then the for-loop); an explicit request that cannot be
 honoured raises a ValueError naming the tensors' device or dtype. Tensors are grouped by device and dtype
-first, and each group is updated once per step.
+first, and each group is updated once per step. The fused kernels walk raw memory, so parameters whose gradient
+or state is laid out unlike them (or that are not dense) take the strided foreach path instead
+(:mod:`.layout`), and overlapping parameters are refused before anything is written.
 
 The kernels know nothing of decay conventions: they take ``decay_factor`` (theta <- (1 - decay_factor) theta)
 and ``l2`` (g <- g + l2 theta), which :func:`decoupled.conventions.decay_terms` computes, and ``cautious``
@@ -33,9 +35,9 @@ from torch.utils._foreach_utils import (
 from . import foreach as _foreach
 from . import forloop as _forloop
 from . import fused as _fused
-from . import native
+from . import layout, native
 
-__all__ = ["IMPLEMENTATIONS", "adam", "decay_", "sgd", "resolve", "native"]
+__all__ = ["IMPLEMENTATIONS", "adam", "decay_", "layout", "native", "resolve", "sgd"]
 
 IMPLEMENTATIONS: tuple[str, ...] = ("forloop", "foreach", "fused")
 _MODULES = {"forloop": _forloop, "foreach": _foreach, "fused": _fused}
@@ -83,21 +85,37 @@ def resolve(device: torch.device, dtype: torch.dtype, *, foreach: bool | None, f
     return "forloop"
 
 
-def _run(family: str, lists: list[list[Tensor]], foreach: bool | None, fused: bool | None, hyper: dict) -> None:
+def _run(
+    family: str, lists: list[list[Tensor]], elementwise: int, foreach: bool | None, fused: bool | None, hyper: dict
+) -> None:
+    """Run ``family``'s kernel over parallel tensor lists, once per device and dtype.
+
+    The one-pass (fused) kernels walk raw memory, so they get only the parameters whose tensors are laid out
+    alike (:func:`.layout.split_walkable`; all of them in the common case); the rest take the foreach path, or
+    the for-loop path where foreach is not supported. ``elementwise``: how many leading lists hold tensors of
+    the parameters' shape (the rest, e.g. Adam's step counts, follow their parameter).
+    """
     params = lists[0]
     if not params:
         return
+    layout.check_no_overlap(params)  # before anything is written: a failed step must change nothing
     first = params[0]
     dtype = first.dtype
     if first.is_cpu and all(p.dtype is dtype and p.is_cpu for p in params):
         # The common case, one CPU dtype: grouping (about 0.5 us per tensor and list) would find one group.
         # Grads and state are not re-checked here: every kernel checks them (torch's ops raise on a dtype
-        # mismatch; the native kernel checks dtype, size and layout itself before it runs).
-        kernel = getattr(_MODULES[resolve(first.device, dtype, foreach=foreach, fused=fused)], family)
-        kernel(*lists, **hyper)
-        return
-    for (device, dtype), (bucket, _) in _group_tensors_by_device_and_dtype(lists).items():
-        kernel: Callable[..., None] = getattr(_MODULES[resolve(device, dtype, foreach=foreach, fused=fused)], family)
+        # mismatch; the fused kernels check sizes and dtypes themselves before they run).
+        buckets = [((first.device, dtype), lists)]
+    else:
+        buckets = [(key, bucket) for key, (bucket, _) in _group_tensors_by_device_and_dtype(lists).items()]
+    for (device, dtype), bucket in buckets:
+        implementation = resolve(device, dtype, foreach=foreach, fused=fused)
+        if implementation == "fused":
+            bucket, rest = layout.split_walkable(bucket, elementwise)
+            if rest:
+                strided = "foreach" if _foreach_unsupported(device) is None else "forloop"
+                getattr(_MODULES[strided], family)(*rest, **hyper)
+        kernel: Callable[..., None] = getattr(_MODULES[implementation], family)
         kernel(*bucket, **hyper)
 
 
@@ -118,6 +136,7 @@ def adam(
     amsgrad: bool,
     maximize: bool,
     cautious: bool = False,
+    capturable: bool = False,
     foreach: bool | None = None,
     fused: bool | None = None,
 ) -> None:
@@ -130,13 +149,20 @@ def adam(
         theta = (1 - c decay_factor) theta - lr u,   c = cautious ? 1[u theta >= 0] : 1
 
     ``max_exp_avg_sqs`` may be empty unless ``amsgrad``. ``steps`` are float scalar tensors, incremented here.
+    With ``capturable`` (or step tensors off the CPU) the bias corrections are computed on the steps' device,
+    without reading a step on the host; ``lr``, ``beta1``, ``beta2`` and ``decay_factor`` may then be 0-dim
+    Tensors. Capturable steps run the foreach path (the for-loop path where foreach is not supported).
     """
     if cautious and l2 != 0:
         raise ValueError("cautious weight decay masks a decoupled decay; it has no meaning for an L2 penalty")
     lists = [params, grads, exp_avgs, exp_avg_sqs]
     lists += [max_exp_avg_sqs if amsgrad else [], steps]
     hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, decay_factor=decay_factor, l2=l2, amsgrad=amsgrad)
-    _run("adam", lists, foreach, fused, dict(hyper, maximize=maximize, cautious=cautious))
+    if capturable and fused:
+        raise ValueError("fused=True cannot run a capturable step; leave fused unset or set foreach=True")
+    if capturable and foreach is None and fused is None and params:
+        foreach = True if _foreach_unsupported(params[0].device) is None else False
+    _run("adam", lists, 5, foreach, fused, dict(hyper, maximize=maximize, capturable=capturable, cautious=cautious))
 
 
 def sgd(
@@ -167,7 +193,7 @@ def sgd(
         raise ValueError("cautious weight decay masks a decoupled decay; it has no meaning for an L2 penalty")
     hyper = dict(lr=lr, momentum=momentum, nesterov=nesterov, maximize=maximize)
     lists = [params, grads, momentum_buffers if momentum != 0 else []]
-    _run("sgd", lists, foreach, fused, dict(hyper, decay_factor=decay_factor, l2=l2, cautious=cautious))
+    _run("sgd", lists, 3, foreach, fused, dict(hyper, decay_factor=decay_factor, l2=l2, cautious=cautious))
 
 
 def decay_(params: list[Tensor], decay_factor: float) -> None:

@@ -15,17 +15,19 @@ from torch import Tensor
 __all__ = ["adam", "cautious_keep", "sgd"]
 
 
-def cautious_keep(direction: Tensor, param: Tensor, decay_factor: float) -> Tensor:
+def cautious_keep(direction: Tensor, param: Tensor, decay_factor: float | Tensor) -> Tensor:
     """The per-element factor theta is multiplied by: 1 - decay_factor where ``direction`` (u_t) and ``param``
     do not have opposite signs, 1 where they do (float32 for bfloat16/float16 parameters, so that 1 - factor
     is not rounded to their 8 or 11 bits; the multiply rounds once, as the fused kernels do).
 
     The signs are compared (sign(u) sign(theta) >= 0) rather than the product u * theta, which can underflow
-    to -0.0 or 0.0 where the signs differ.
+    to -0.0 or 0.0 where the signs differ. ``decay_factor`` may be a 0-dim tensor (capturable steps).
     """
     dtype = torch.float32 if param.dtype in (torch.bfloat16, torch.float16) else param.dtype
     same_side = torch.sign(direction).mul_(torch.sign(param)) >= 0
-    return torch.where(same_side, torch.tensor(1 - decay_factor, dtype=dtype), torch.tensor(1.0, dtype=dtype))
+    keep = 1 - decay_factor
+    keep = keep.to(param.device, dtype) if isinstance(keep, Tensor) else torch.tensor(keep, dtype=dtype)
+    return torch.where(same_side, keep, torch.ones((), dtype=dtype, device=keep.device))
 
 
 def adam(
@@ -36,43 +38,65 @@ def adam(
     max_exp_avg_sqs: list[Tensor],
     steps: list[Tensor],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
+    lr: float | Tensor,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
     eps: float,
-    decay_factor: float,
+    decay_factor: float | Tensor,
     l2: float,
     amsgrad: bool,
     maximize: bool,
+    capturable: bool = False,
     cautious: bool = False,
 ) -> None:
     """Algorithm 2 (Adam/AdamW), one tensor at a time. Increments each ``steps`` entry by one.
 
+    Step counts on the CPU are read as numbers (no synchronisation there). With ``capturable``, or step tensors
+    on another device (CUDA), the bias corrections stay tensors on that device, so that a step never waits for
+    the device (and may be captured in a CUDA graph); lr, betas and decay_factor may be 0-dim tensors then.
     With ``cautious`` the mask compares the signs of m_t and theta_{t-1}: u_t = mhat_t / (sqrt(vhat_t) + eps)
     has the sign of m_t, its denominator being positive.
     """
-    masked = cautious and decay_factor != 0
+    masked = cautious and _nonzero(decay_factor)
     for i, param in enumerate(params):
         grad = -grads[i] if maximize else grads[i]
         if l2 != 0:
             grad = grad.add(param, alpha=l2)
         steps[i] += 1
-        step = steps[i].item()
-        if decay_factor != 0 and not masked:
+        if _nonzero(decay_factor) and not masked:
             param.mul_(1 - decay_factor)
         exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
         exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        if isinstance(beta2, Tensor):
+            exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
+        else:
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         second_moment = exp_avg_sq
         if amsgrad:
-            torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
+            if torch.is_grad_enabled():  # differentiable=True: autograd follows neither out= nor an overwritten input
+                max_exp_avg_sqs[i].copy_(torch.maximum(max_exp_avg_sqs[i].clone(), exp_avg_sq))
+            else:
+                torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
             second_moment = max_exp_avg_sqs[i]
+        if masked:  # theta_{t-1} -= decay_factor * mask * theta_{t-1}, before the step
+            param.mul_(cautious_keep(exp_avg, param, decay_factor))
+        if capturable or not steps[i].is_cpu:
+            step = steps[i].to(torch.float64 if param.dtype == torch.float64 else torch.float32)
+            bias_correction1 = 1 - beta1**step
+            step_size = lr / bias_correction1
+            denom = (second_moment.sqrt() / (1 - beta2**step).sqrt()).add_(eps)
+            param.sub_(exp_avg / denom * step_size)
+            continue
+        step = steps[i].item()
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         denom = (second_moment.sqrt() / bias_correction2_sqrt).add_(eps)
-        if masked:  # theta_{t-1} -= decay_factor * mask * theta_{t-1}, before the step
-            param.mul_(cautious_keep(exp_avg, param, decay_factor))
         param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+
+
+def _nonzero(value: float | Tensor) -> bool:
+    """Whether a factor may be nonzero; a tensor is not read (that would wait for its device)."""
+    return isinstance(value, Tensor) or value != 0
 
 
 def sgd(
@@ -94,7 +118,7 @@ def sgd(
     ``momentum_buffers`` is unused when ``momentum`` is 0 (there is no buffer then). With ``cautious`` the
     mask's u_t is the vector subtracted: m_t, momentum * m_t + lr * g with nesterov, lr * g without momentum.
     """
-    if cautious and decay_factor != 0:
+    if cautious and _nonzero(decay_factor):
         _sgd_cautious(params, grads, momentum_buffers, lr=lr, momentum=momentum, nesterov=nesterov,
                       maximize=maximize, decay_factor=decay_factor)  # fmt: skip
         return
@@ -102,7 +126,7 @@ def sgd(
         grad = -grads[i] if maximize else grads[i]
         if l2 != 0:
             grad = grad.add(param, alpha=l2)
-        if decay_factor != 0:
+        if _nonzero(decay_factor):
             param.mul_(1 - decay_factor)
         if momentum == 0:
             param.add_(grad, alpha=-lr)
@@ -126,7 +150,7 @@ def _sgd_cautious(
     maximize: bool,
     decay_factor: float,
 ) -> None:
-    """SGDW with cautious decay: u_t first, then theta -= decay_factor * 1[u_t theta >= 0] theta + u_t."""
+    """SGDW with cautious decay: u_t first, then theta <- keep * theta - u_t (keep: :func:`cautious_keep`)."""
     for i, param in enumerate(params):
         grad = -grads[i] if maximize else grads[i]
         if momentum == 0:
