@@ -16,7 +16,7 @@ from decoupled.experiments.config import (
     read_preset,
     sweep_config_from_dict,
 )
-from decoupled.experiments.train import make_optimizer
+from decoupled.experiments.tasks import make_optimizer
 
 from .conftest import cli, tiny_overrides
 
@@ -64,7 +64,9 @@ def test_weight_decay_axis_in_timescale_epochs():
     assert ticks == ["inf", "10", "256"] and "epochs" in label and "39" in label
     assert weight_decay_axis((1e-4,), decay="l2", unit="tau", steps=39, lambda_ticks=["x"]) == (["x"], None)
     assert weight_decay_axis((1e-4,), decay="decoupled", unit="lambda", steps=39, lambda_ticks=["x"]) == (["x"], None)
-    assert steps_per_epoch(4000, 128) == 32
+    assert steps_per_epoch(4000, 128) == 32 and steps_per_epoch(0, 128) == 0  # 0: a task with its own data
+    ticks, label = weight_decay_axis((1e-4,), decay="decoupled", unit="tau", steps=0, lambda_ticks=["x"])
+    assert ticks == ["x"] and "unknown" in label
     with pytest.raises(ValueError, match="weight-decay axis is one of"):
         weight_decay_axis((1e-4,), decay="decoupled", unit="epochs", steps=39, lambda_ticks=["x"])
 

@@ -18,8 +18,9 @@ WEIGHT_DECAY_UNITS = ("lambda", "tau")
 
 
 def steps_per_epoch(train_size: int, batch_size: int) -> int:
-    """Optimizer steps per epoch of a sweep's runs (the last batch may be short, as in training)."""
-    return math.ceil(train_size / batch_size)
+    """Optimizer steps per epoch of a sweep's runs (the last batch may be short, as in training); 0 when the
+    training set's size is not known (a task that loads its own data)."""
+    return math.ceil(train_size / batch_size) if train_size > 0 and batch_size > 0 else 0
 
 
 def weight_decay_axis(
@@ -28,12 +29,15 @@ def weight_decay_axis(
     """Tick labels and axis label for the weight decays ``values`` of a panel whose convention is ``decay``.
 
     ``unit="lambda"`` (or an L2 panel) returns ``lambda_ticks`` and None (keep the panel's own label);
-    ``unit="tau"`` returns the timescale of each value in epochs (3 significant digits, "inf" for 0).
+    ``unit="tau"`` returns the timescale of each value in epochs (3 significant digits, "inf" for 0), or lambda
+    with a label saying why when the steps per epoch are not known (``steps`` 0).
     """
     if unit not in WEIGHT_DECAY_UNITS:
         raise ValueError(f"the weight-decay axis is one of {WEIGHT_DECAY_UNITS}, got {unit!r}")
     if unit == "lambda" or decay == "l2":
         return lambda_ticks, None
+    if steps <= 0:
+        return lambda_ticks, r"weight decay $\lambda$ (no timescale: steps per epoch unknown)"
     ticks = []
     for value in values:
         tau = decoupled.decay_timescale(value, steps_per_epoch=steps)
