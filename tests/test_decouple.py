@@ -14,6 +14,7 @@ import torch
 import torch.optim.optimizer as torch_optimizer
 
 import decoupled
+from device import TEST_DEVICE
 from reference import decay_of_step
 
 STEPS = 40
@@ -22,13 +23,15 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 def make_params(seed: int = 0, shapes=((6, 4), (4, 3), (3, 2, 2), (5,))) -> list[torch.nn.Parameter]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(*s, generator=generator, dtype=torch.float64)) for s in shapes]
+    return [
+        torch.nn.Parameter(torch.randn(*s, generator=generator, dtype=torch.float64).to(TEST_DEVICE)) for s in shapes
+    ]
 
 
 def set_grads(params, step: int, *, skip_every: int = 0) -> None:
     generator = torch.Generator().manual_seed(step)
     for index, p in enumerate(params):
-        noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+        noise = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
         if skip_every and index == 1 and step % skip_every == 2:
             p.grad = None  # a parameter without a gradient this step: no decay, no state change
             continue
