@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import pickle
@@ -352,3 +353,36 @@ def test_decouple_l2_under_maximize_matches_adamw_l2():
         b.step()
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_decouple_adam_resumed_into_another_memory_layout_matches_the_uninterrupted_run():
+    """A checkpoint saved in the default layout, loaded into a channels_last model (its state stays contiguous):
+    torch's fused kernel would mix the layouts; decouple(Adam) takes torch's default path for such a group."""
+
+    def conv(memory_format):
+        torch.manual_seed(0)
+        return torch.nn.Conv2d(3, 4, 3).double().to(memory_format=memory_format)
+
+    def steps(model, optimizer, start, stop):
+        for step in range(start, stop):
+            x = torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+            optimizer.zero_grad()
+            model(x.to(memory_format=torch.channels_last)).square().mean().backward()
+            optimizer.step()
+
+    AdamD = decoupled.decouple(torch.optim.Adam)
+    model = conv(torch.contiguous_format)
+    optimizer = AdamD(model.parameters(), lr=0.01, weight_decay=0.01)
+    steps(model, optimizer, 0, 3)
+    checkpoint = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+    steps(model, optimizer, 3, 8)
+
+    resumed = conv(torch.channels_last)
+    resumed.load_state_dict(checkpoint["model"])
+    resumed_optimizer = AdamD(resumed.parameters(), lr=0.01, weight_decay=0.01)
+    resumed_optimizer.load_state_dict(checkpoint["optimizer"])
+    assert resumed.weight.is_contiguous(memory_format=torch.channels_last)
+    assert resumed_optimizer.state[resumed.weight]["exp_avg"].is_contiguous()  # the layouts differ
+    steps(resumed, resumed_optimizer, 3, 8)
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-14)

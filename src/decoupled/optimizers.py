@@ -539,12 +539,28 @@ def _dense(tensor: Tensor) -> bool:
     return True
 
 
-def _same_layout(param: Tensor, others: Iterable[Any]) -> bool:
-    """Whether a one-pass kernel that walks raw memory may take ``param`` with its gradient and state tensors."""
-    tensors = [t for t in others if isinstance(t, Tensor) and t.shape == param.shape]
-    if param.is_contiguous() and all(t.is_contiguous() for t in tensors):
-        return True
-    return _dense(param) and all(t.stride() == param.stride() for t in tensors)
+_ADAM_STATE_TENSORS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _fused_layouts_agree(optimizer: Any, params: list[Tensor]) -> bool:
+    """Whether torch's fused Adam, which walks raw memory, may take these parameters with their gradients and Adam
+    state: one dense layout for each parameter's tensors. A parameter whose state was found to agree is
+    remembered with its strides (until load_state_dict), so a step checks only the gradients' strides."""
+    known: dict[int, tuple[int, ...]] = optimizer.__dict__.setdefault("_dense_layouts", {})
+    for param in params:
+        stride = param.stride()
+        if param.grad.stride() != stride:  # type: ignore[union-attr]
+            return False
+        if known.get(id(param)) == stride:
+            continue
+        if not (param.is_contiguous() or _dense(param)):
+            return False
+        state = optimizer.state.get(param)
+        if state:
+            if any(t is not None and t.stride() != stride for t in map(state.get, _ADAM_STATE_TENSORS)):
+                return False
+            known[id(param)] = stride
+    return True
 
 
 class _DecoupledType(type):
@@ -692,6 +708,10 @@ def _make_decoupled(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
     def __getstate__(self: Any) -> dict[str, Any]:
         return dict(optimizer_cls.__getstate__(self), _auto_fused=getattr(self, "_auto_fused", False))
 
+    def load_state_dict(self: Any, state_dict: dict[str, Any]) -> None:
+        self.__dict__.pop("_dense_layouts", None)  # the loaded state's layouts are checked afresh
+        optimizer_cls.load_state_dict(self, state_dict)
+
     @_eager_under_compile
     def step(self: Any, closure: Callable[[], Any] | None = None) -> Any:
         loss = _evaluate(closure)
@@ -721,7 +741,8 @@ def _make_decoupled(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
 
     name = f"Decoupled{optimizer_cls.__name__}"
     namespace = {
-        "__init__": __init__, "_check_group": _check_group, "__getstate__": __getstate__, "step": step,
+        "__init__": __init__, "_check_group": _check_group, "__getstate__": __getstate__,
+        "load_state_dict": load_state_dict, "step": step,
         "__module__": __name__, "__qualname__": name, "_inner_cls": optimizer_cls,
         "__doc__": f"{optimizer_cls.__name__} with decoupled weight decay (made by decoupled.decouple).\n\n"
         f"{decouple.__doc__}",
@@ -784,6 +805,5 @@ def _hand_over_decay(
             kernels.decay_(local, terms.factor)
             decayed.append((local, terms.factor))
     if optimizer._auto_fused and group.get("fused"):
-        state = optimizer.state
-        if not all(_same_layout(p, [p.grad, *state.get(p, {}).values()]) for p in params):
+        if not _fused_layouts_agree(optimizer, params):
             settings.set(group, "fused", False)  # torch's fused kernel walks raw memory: take its default path
