@@ -502,7 +502,7 @@ def _inner_decay_kind(optimizer_cls: type, signature: inspect.Signature) -> str 
     return kind
 
 
-def _dense_tensors(params: list[Any]) -> list[Tensor] | None:
+def _param_tensors(params: list[Any]) -> list[Tensor] | None:
     """The tensors of an optimizer's ``params`` argument (tensors, (name, tensor) pairs or group dicts), or None
     when it holds something else. Groups' ``params`` are made lists in place, as torch's add_param_group does."""
     tensors: list[Tensor] = []
@@ -757,7 +757,7 @@ def _may_auto_fuse(arguments: dict[str, Any], params: Any) -> bool:
         return False
     if arguments.get("differentiable") or arguments.get("capturable") or isinstance(arguments.get("lr"), Tensor):
         return False
-    tensors = [params] if isinstance(params, Tensor) else _dense_tensors(params)
+    tensors = [params] if isinstance(params, Tensor) else _param_tensors(params)
     return tensors is not None and _fused_accepts(tensors)
 
 
