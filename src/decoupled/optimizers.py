@@ -92,12 +92,13 @@ def _adopt_foreign_decay(group: dict[str, Any], target: str) -> str:
             "and no 'decay' or 'decoupled_weight_decay' key; set group['decay'] in the state_dict's param_groups "
             f"to the convention it was trained with ({', '.join(map(repr, DECAY_CONVENTIONS))}) before loading"
         )
-    if source == "lr" and target == "decoupled" and group["base_lr"] > 0:
-        group["weight_decay"] = weight_decay * group["base_lr"]
+    base_lr = float(_scalar("base_lr", group["base_lr"]))  # a Tensor lr (torch's capturable runs) as a number
+    if source == "lr" and target == "decoupled" and base_lr > 0:
+        group["weight_decay"] = weight_decay * base_lr
         return (
             f"torch's lr-coupled weight_decay={weight_decay!r} converted to decay='decoupled' "
-            f"weight_decay={group['weight_decay']!r} (= weight_decay * base_lr {group['base_lr']!r}: the same decay "
-            "at every step)"
+            f"weight_decay={group['weight_decay']!r} (= weight_decay * base_lr {base_lr!r}: the same decay at every "
+            "step)"
         )
     group["decay"] = source
     return (
