@@ -26,6 +26,7 @@ import torch
 
 import decoupled
 from decoupled.kernels import native
+from device import TEST_DEVICE
 from reference import ReferenceSGD
 
 STEPS = 42
@@ -101,7 +102,7 @@ def _make_params(dtype: torch.dtype) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(1234)
 
     def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(device=TEST_DEVICE, dtype=dtype)
 
     params = [
         randn(7, 13),  # plain
@@ -141,7 +142,7 @@ def _gradients(dtype: torch.dtype, biased: bool = False) -> tuple[tuple[torch.Te
             if biased:
                 signs = torch.Generator().manual_seed(98 + index)  # the same pattern at every step
                 real += 3 * torch.randint(0, 2, shape, generator=signs, dtype=torch.float64).mul_(2).sub_(1)
-            grad = (scale * (torch.view_as_complex(real) if param.is_complex() else real)).to(param.dtype)
+            grad = (scale * (torch.view_as_complex(real) if param.is_complex() else real)).to(param.device, param.dtype)
             if index == 3:  # the transposed parameter gets a transposed (non-contiguous) gradient too
                 grad = grad.t().contiguous().t()
             grads.append(grad)
