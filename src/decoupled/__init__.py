@@ -6,7 +6,7 @@ decay can be tuned independently. Other conventions (torch's lr-scaled decay, co
 keyword away (``decay=``), and :func:`decouple` gives any torch optimizer the same treatment.
 """
 
-from .conventions import DECAY_CONVENTIONS, convert_weight_decay
+from .conventions import DECAY_CONVENTIONS, convert_weight_decay, decay_timescale, weight_decay_from_timescale
 from .groups import effective_decay, param_groups
 from .optimizers import SGDW, AdamW, decouple
 from .schedules import CosineWarmRestarts, normalized_weight_decay
@@ -17,10 +17,12 @@ __all__ = [
     "CosineWarmRestarts",
     "SGDW",
     "convert_weight_decay",
+    "decay_timescale",
     "decouple",
     "effective_decay",
     "normalized_weight_decay",
     "param_groups",
+    "weight_decay_from_timescale",
 ]
 
 __version__ = "0.1.0"

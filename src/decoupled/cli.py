@@ -61,7 +61,10 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     )
     what.add_argument("--preset", default="default", help="a preset's name: default, smoke, paper (default: default)")
     what.add_argument("--config", metavar="FILE", help="a TOML file layered over the preset (same keys as presets)")
-    what.add_argument("--optimizers", metavar="LIST", help="comma-separated subset of adam,adamw,sgd,sgdw")
+    what.add_argument(
+        "--optimizers", metavar="LIST",
+        help="comma-separated subset of adam,adamw,sgd,sgdw (default: the four) and adamw-cautious,sgdw-cautious,adamc",
+    )  # fmt: skip
     what.add_argument("--seeds", type=int, metavar="N", help="runs per cell (seeds 0..N-1)")
     what.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
     what.add_argument("--batch-size", type=int, metavar="N", help="examples per step")
@@ -99,6 +102,7 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         help="--backend ray: the cluster (default: RAY_ADDRESS, else a local Ray instance)",
     )
     how.add_argument("--no-report", action="store_true", help="do not render the report at the end")
+    _add_weight_decay_axis_argument(how)
 
 
 def _number_list(flag: str, text: str) -> list[float]:
@@ -186,7 +190,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     for failure in summary.failed[:5]:
         print(f"  failed: {failure.task.describe()}: {failure.error}", file=sys.stderr)
     if not args.no_report:
-        _print_report_paths(render_report(out))
+        _print_report_paths(render_report(out, weight_decay_unit=args.weight_decay_axis))
     print(f"output folder: {out}")
     return EXIT_FAILED_RUNS if summary.failed else EXIT_OK
 
@@ -346,12 +350,21 @@ def _run_reproduce(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------- report
 
 
+def _add_weight_decay_axis_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weight-decay-axis", choices=["lambda", "tau"], default="lambda",
+        help="label the heatmaps' decoupled weight decays as lambda (default) or as the timescale "
+        "tau = 1/(lambda * steps per epoch) in epochs",
+    )  # fmt: skip
+
+
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", metavar="DIR", help="an output folder of sweep, sweep --preset fN or reproduce")
     parser.add_argument("more", nargs="*", metavar="DIR", help="more folders: reported side by side with the first")
     parser.add_argument(
         "--out", metavar="DIR", help="with two or more folders: where the comparison goes (default: runs/compare-TIME)"
     )
+    _add_weight_decay_axis_argument(parser)
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -377,7 +390,7 @@ def _run_report(args: argparse.Namespace) -> int:
                     f"{result.finding}: {result.verdict}; report: {folder / 'report.md'} and {folder / 'report.html'}"
                 )
             else:
-                _print_report_paths(render_report(folder))
+                _print_report_paths(render_report(folder, weight_decay_unit=args.weight_decay_axis))
         if len(folders) > 1:
             out = Path(args.out) if args.out else _default_out("compare")
             markdown, page = render_comparison(folders, out)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import Findings, OptimizerFindings
+from .axes import steps_per_epoch, weight_decay_axis
 from .config import OPTIMIZERS
 from .train import format_power_of_two
 
@@ -21,7 +22,8 @@ __all__ = ["HEATMAP_FILENAME", "CURVES_FILENAME", "plot_curves", "plot_heatmaps"
 
 HEATMAP_FILENAME = "heatmaps.png"
 CURVES_FILENAME = "curves.png"
-_PANEL_ORDER = ("sgd", "sgdw", "adam", "adamw")  # the paper's Figure 2: SGD | SGDW over Adam | AdamW
+# The paper's Figure 2: SGD | SGDW over Adam | AdamW; then the later rules when a sweep selects them.
+_PANEL_ORDER = ("sgd", "sgdw", "adam", "adamw", "sgdw-cautious", "adamw-cautious", "adamc")
 
 
 def _pyplot():
@@ -56,7 +58,10 @@ def _text_color(cmap, low: float, high: float, value: float) -> str:
     return "black" if luminance > 0.18 else "white"
 
 
-def _panel(ax, opt: OptimizerFindings, split: str, low: float, high: float, cmap):
+def _panel(
+    ax, opt: OptimizerFindings, split: str, low: float, high: float, cmap, weight_decay_unit: str = "lambda",
+    steps: int = 1,
+):  # fmt: skip
     grid = opt.grid
     means = opt.test_mean if split == "test" else opt.val_mean
     table = opt.test_by_seed if split == "test" else opt.val_by_seed
@@ -64,11 +69,17 @@ def _panel(ax, opt: OptimizerFindings, split: str, low: float, high: float, cmap
     data = (shown * 100).T  # rows: weight decay (y), columns: learning rate (x)
     image = ax.imshow(np.ma.masked_invalid(data), origin="lower", cmap=cmap, vmin=low, vmax=high, aspect="equal")
     ax.set_xticks(range(len(grid.lrs)), [_tick(v) for v in grid.lrs], fontsize=8)
-    ax.set_yticks(range(len(grid.weight_decays)), [_tick(v) for v in grid.weight_decays], fontsize=8)
-    ax.set_xlabel(r"learning rate $\alpha$", fontsize=9)
     spec = OPTIMIZERS[opt.name]
+    ticks, tau_label = weight_decay_axis(
+        grid.weight_decays, decay=spec.decay, unit=weight_decay_unit, steps=steps,
+        lambda_ticks=[_tick(v) for v in grid.weight_decays],
+    )  # fmt: skip
+    ax.set_yticks(range(len(grid.weight_decays)), ticks, fontsize=8)
+    ax.set_xlabel(r"learning rate $\alpha$", fontsize=9)
     if spec.decay == "l2":
         ax.set_ylabel(r"L2 factor $\lambda$  ($g \leftarrow g + \lambda\theta$)", fontsize=9)
+    elif tau_label is not None:
+        ax.set_ylabel(tau_label, fontsize=9)
     else:
         ax.set_ylabel(r"weight decay $\lambda$  ($\theta \leftarrow \theta - \eta_t\lambda\theta$)", fontsize=9)
     small = len(grid.lrs) * len(grid.weight_decays) <= 64
@@ -122,10 +133,13 @@ def _square(i: int, j: int):
     return Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.2)
 
 
-def plot_heatmaps(findings: Findings, path: Path) -> Path:
+def plot_heatmaps(findings: Findings, path: Path, *, weight_decay_unit: str = "lambda") -> Path:
     """Two panels per optimizer, test error and validation error in % on one shared colour scale (SGD, SGDW /
     Adam, AdamW); rings mark the 10 best usable cells on test error, the red square the cell picked on
-    validation; hatched cells diverged in at least one seed; grey cells have no runs."""
+    validation; hatched cells diverged in at least one seed; grey cells have no runs.
+    ``weight_decay_unit="tau"`` labels the decoupled panels' weight decays as timescales in epochs (axes.py)."""
+    data = findings.config.data
+    steps = steps_per_epoch(data.train_size, findings.config.train.batch_size)
     plt = _pyplot()
     present = {f.name: f for f in findings.optimizers}
     order = [name for name in _PANEL_ORDER if name in present]
@@ -139,8 +153,8 @@ def plot_heatmaps(findings: Findings, path: Path) -> Path:
     image = None
     flat = list(axes.flat)
     for index, name in enumerate(order):
-        image = _panel(flat[2 * index], present[name], "test", low, high, cmap)
-        _panel(flat[2 * index + 1], present[name], "val", low, high, cmap)
+        image = _panel(flat[2 * index], present[name], "test", low, high, cmap, weight_decay_unit, steps)
+        _panel(flat[2 * index + 1], present[name], "val", low, high, cmap, weight_decay_unit, steps)
     for ax in flat[2 * len(order) :]:
         ax.axis("off")
     config = findings.config
