@@ -1,13 +1,18 @@
 """The ``decoupled`` command line: ``decoupled sweep`` and ``decoupled report DIR``.
 
 Each subcommand is one entry of :data:`COMMANDS` (name, help, a function that adds its arguments, a function
-that runs it and returns the exit code), so another command (``bench``) is one more entry. Bad input gets one
-line on stderr and exit code 2, never a traceback; nothing already stored is touched by a refused command.
+that runs it and returns the exit code), so another command (``bench``) is one more entry. Bad input, and a
+filesystem that fails (a file in the way, read-only, full), get one line on stderr and exit code 2, never a
+traceback; nothing already stored is touched by a refused command. Ctrl-C at any moment is one line and exit code
+130; a closed output pipe (``decoupled sweep | head``) silences the output and the sweep goes on.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
@@ -20,6 +25,10 @@ if TYPE_CHECKING:
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# The modules of the [sweep] extra (pyproject.toml), by import name, and the one line a missing one gets.
+SWEEP_EXTRA_MODULES = ("mnist1d", "sklearn", "matplotlib", "rich", "tomli")
+INSTALL_SWEEP_EXTRA = 'pip install "decoupled[sweep]"'
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +49,30 @@ class Command:
 def _fail(prog: str, message: str) -> int:
     print(f"{prog}: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def _missing_extra(prog: str, module: str) -> int:
+    return _fail(prog, f"the sweep toolkit needs the [sweep] extra (no module named {module!r}): {INSTALL_SWEEP_EXTRA}")
+
+
+def _require_modules(prog: str, modules: Sequence[str]) -> int | None:
+    """Exit code for the first of ``modules`` that cannot be imported (checked before any work), else None."""
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # an import hook that refuses it, or a module set to None
+            found = False
+        if not found:
+            return _missing_extra(prog, module)
+    return None
+
+
+def _filesystem_message(error: OSError | sqlite3.Error) -> str:
+    """One line for a filesystem failure that reached the command (a full disk, a read-only folder)."""
+    if isinstance(error, OSError):
+        where = f" {error.filename!r}" if error.filename else ""
+        return f"cannot write{where}: {error.strerror or error}"
+    return f"the results store failed: {error}"
 
 
 def _print_report_paths(paths: ReportPaths) -> None:
@@ -94,6 +127,11 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         help="--backend ray: the cluster (default: RAY_ADDRESS, else a local Ray instance)",
     )
     how.add_argument("--no-report", action="store_true", help="do not render the report at the end")
+    how.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="run a plan past 10,000 runs or 1,000,000 generated examples (refused by default: likely a typo)",
+    )
 
 
 def _number_list(flag: str, text: str) -> list[float]:
@@ -150,18 +188,23 @@ def _default_out(name: str) -> Path:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
+    prog = "decoupled sweep"
     from .experiments.backends import BackendError
-    from .experiments.config import ConfigError, load_sweep_config
+    from .experiments.config import ConfigError, check_size, load_sweep_config
     from .experiments.data import DataError
+    from .experiments.files import OutputFolderError
     from .experiments.progress import make_progress
-    from .experiments.report import render_report
     from .experiments.store import StoreError
     from .experiments.sweep import ExecutionOptions, default_workers, resolve_device, run_sweep
 
-    prog = "decoupled sweep"
     out: Path | None = None
     try:
         config = load_sweep_config(args.preset, args.config, _overrides(args))
+        check_size(config, allow_large=args.allow_large)  # before anything is built, connected or written
+        needed = {"mnist1d": ["mnist1d"], "digits": ["sklearn"]}.get(config.data.dataset, [])
+        missing = _require_modules(prog, [*needed, *([] if args.no_report else ["matplotlib"])])
+        if missing is not None:
+            return missing
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         if args.backend == "ray":  # the device and the default worker count are the cluster's, not this machine's
@@ -182,13 +225,14 @@ def _run_sweep(args: argparse.Namespace) -> int:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
         out = Path(args.out) if args.out else _default_out(config.name)
         options = ExecutionOptions(out=out, workers=workers, device=device, threads=args.threads, backend=args.backend,
-                                   address=args.ray_address)  # fmt: skip
-        cells = sum(grid.cells for grid in config.grids)
-        print(f"decoupled sweep '{config.name}': {cells} cells x {config.seeds} seeds on {config.data.dataset}, "
+                                   address=args.ray_address, allow_large=args.allow_large)  # fmt: skip
+        print(f"decoupled sweep '{config.name}': {config.cells} cells x {config.seeds} seeds on {config.data.dataset}, "
               f"device {device}; output folder: {out}", flush=True)  # fmt: skip
         summary = run_sweep(config, options, make_progress(sys.stdout))
-    except (ConfigError, DataError, StoreError, ValueError) as error:
+    except (ConfigError, DataError, StoreError, OutputFolderError, ValueError) as error:
         return _fail(prog, str(error))
+    except (OSError, sqlite3.Error) as error:
+        return _fail(prog, _filesystem_message(error) + _resume_hint(out))
     except BackendError as error:
         print(f"{prog}: {error}", file=sys.stderr)
         return EXIT_FAILED_RUNS
@@ -206,9 +250,41 @@ def _run_sweep(args: argparse.Namespace) -> int:
     for failure in summary.failed[:5]:
         print(f"  failed: {failure.task.describe()}: {failure.error}", file=sys.stderr)
     if not args.no_report:
-        _print_report_paths(render_report(out))
+        code = _render(prog, out)
+        if code != EXIT_OK:
+            return code
     print(f"output folder: {out}")
     return EXIT_FAILED_RUNS if summary.failed else EXIT_OK
+
+
+def _resume_hint(out: Path | None) -> str:
+    """For an error after the store was opened: the runs recorded before it are kept, and how to go on."""
+    from .experiments.store import STORE_FILENAME
+
+    if out is None or not (out / STORE_FILENAME).exists():
+        return ""
+    return f" (runs recorded so far are kept in {out}; the same command with --out {out} resumes)"
+
+
+def _render(prog: str, folder: Path | str) -> int:
+    """Render the report of ``folder``, saying so first (it takes seconds); one line on interrupt or failure."""
+    from .experiments.store import StoreError
+
+    print(f"rendering the report of {folder} ...", flush=True)
+    try:
+        from .experiments.report import render_report
+
+        paths = render_report(folder)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted while rendering the report; every run is stored: "
+              f"decoupled report {folder} renders it", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
+    except StoreError as error:
+        return _fail(prog, str(error))
+    except (OSError, sqlite3.Error) as error:
+        return _fail(prog, f"{_filesystem_message(error)} while rendering the report of {folder} (the runs are kept)")
+    _print_report_paths(paths)
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------------------------------- report
@@ -219,15 +295,9 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .experiments.report import render_report
-    from .experiments.store import StoreError
-
-    try:
-        paths = render_report(args.folder)
-    except StoreError as error:
-        return _fail("decoupled report", str(error))
-    _print_report_paths(paths)
-    return EXIT_OK
+    prog = "decoupled report"
+    missing = _require_modules(prog, ["matplotlib"])
+    return missing if missing is not None else _render(prog, args.folder)
 
 
 COMMANDS: list[Command] = [
@@ -241,8 +311,20 @@ COMMANDS: list[Command] = [
 ]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("decoupled")
+    except PackageNotFoundError:  # run from a source tree without installing
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="decoupled", description="Decoupled weight decay (SGDW, AdamW): experiments.")
+    parser.add_argument("--version", action="version", version=f"decoupled {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     for command in COMMANDS:
@@ -272,9 +354,60 @@ def _join_negative_numbers(argv: Sequence[str]) -> list[str]:
     return joined
 
 
+class _PipeSafeOutput:
+    """Standard output that, once its reader has gone (``decoupled sweep | head -3``), drops what is written
+    instead of raising BrokenPipeError: the sweep goes on and records every run, only its output is lost."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._break()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._break()
+
+    def _break(self) -> None:
+        self.broken = True
+        try:  # point the descriptor at /dev/null, so the interpreter's own flush at exit cannot fail either
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a real file (a test's capture)
+            pass
+
+    def isatty(self) -> bool:
+        return not self.broken and self._stream.isatty()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
-    return args.handler(args)
+    saved = sys.stdout
+    sys.stdout = _PipeSafeOutput(saved)  # type: ignore[assignment]
+    try:
+        args = build_parser().parse_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
+        return args.handler(args)
+    except KeyboardInterrupt:  # before a command's own handler is in place (e.g. while torch is imported)
+        print("\ndecoupled: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ModuleNotFoundError as error:  # a module of the sweep extra, imported by the toolkit itself
+        if (error.name or "").split(".")[0] in SWEEP_EXTRA_MODULES:
+            return _missing_extra("decoupled", error.name or "")
+        raise
+    finally:
+        sys.stdout = saved
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ one-line refusal with exit code 2), raised before any output folder is made.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import re
@@ -31,8 +32,16 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from .backends import (
-    BackendError, Event, RunFailed, RunFinished, RunStarted, WorkerSetup, failure, prepare_torch, train_task,
-)  # fmt: skip
+    BackendError,
+    Event,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    WorkerSetup,
+    failure,
+    prepare_torch,
+    train_task,
+)
 from .train import RunTask
 
 __all__ = ["ClusterInfo", "RayBackend", "RayUnavailable", "connect", "resolve_address"]
@@ -268,10 +277,8 @@ class RayBackend:
                     yield self._outcome(ray, ref, slot, task)
         finally:
             for ref in in_flight:  # an interrupted sweep: its runs in flight are not recorded anyway
-                try:
+                with contextlib.suppress(Exception):  # finished meanwhile, or the cluster is gone
                     ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001 - finished meanwhile, or the cluster is gone
-                    pass
 
     def task_options(self, setup: WorkerSetup) -> dict[str, Any]:
         """What each task asks Ray for: ``threads`` CPUs, and one GPU on cuda; retried when its worker dies."""

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import provenance
 from .backends import Event, RunFailed, RunFinished, WorkerSetup, make_backend
-from .config import SweepConfig
+from .config import SweepConfig, check_size
 from .data import prepare_data
+from .files import prepare_output_folder, remove_if_empty
 from .progress import SweepProgress
-from .store import STORE_FILENAME, Store
+from .store import STORE_FILENAME, Store, StoreError
 from .train import RunTask
 
 __all__ = ["ExecutionOptions", "SweepSummary", "default_workers", "plan_tasks", "resolve_device", "run_sweep"]
@@ -36,6 +37,7 @@ class ExecutionOptions:
     threads: int = 1  # torch threads per CPU worker
     backend: str = "local"
     address: str | None = None  # ray: the cluster's address (else RAY_ADDRESS, else a local Ray instance)
+    allow_large: bool = False  # lift the size limits of config.check_size (MAX_RUNS runs, generated examples)
 
 
 @dataclass
@@ -98,16 +100,24 @@ def _record(event: Event, store: Store, summary: SweepSummary) -> None:
 def run_sweep(config: SweepConfig, options: ExecutionOptions, progress: SweepProgress) -> SweepSummary:
     """Run every run of ``config`` not yet in ``options.out``'s store, recording each as it finishes.
 
-    Raises ConfigError/DataError/StoreError (bad input; nothing stored is touched) before any run starts.
+    Raises ConfigError/DataError/StoreError/OutputFolderError (bad input; nothing stored is touched) before any
+    run starts, and StoreError when a write fails later (a full disk): the runs recorded before it are kept.
     """
     started = time.monotonic()
     summary = SweepSummary()
+    check_size(config, allow_large=options.allow_large)  # counts only: before anything is built or written
     cache_dir = options.out / "data"
-    if (options.out / STORE_FILENAME).exists():
-        Store.open(options.out, create=False).close()  # refuse an incompatible store before any other work
-    prepare_data(config.data, cache_dir)  # fails early, in this process and before any folder is made for it
-    # Before the store too: a backend that cannot be used (Ray missing, a cluster out of reach) changes nothing.
-    backend = make_backend(options.backend, options.workers, options.threads, address=options.address)
+    # The folder first: a file in the way or a read-only/full filesystem is named as such, not as a bad store.
+    created = prepare_output_folder(options.out)
+    try:
+        if (options.out / STORE_FILENAME).exists():
+            Store.open(options.out, create=False).close()  # refuse a damaged or incompatible store before any work
+        prepare_data(config.data, cache_dir)  # fails early, in this process
+        # Before the store too: a backend that cannot be used (Ray missing, a cluster out of reach) changes nothing.
+        backend = make_backend(options.backend, options.workers, options.threads, address=options.address)
+    except BaseException:
+        remove_if_empty([*created, cache_dir])  # a refused sweep leaves no empty folder behind
+        raise
     with Store.open(options.out) as store:
         tasks = plan_tasks(config)
         summary.planned = len(tasks)
@@ -123,8 +133,14 @@ def run_sweep(config: SweepConfig, options: ExecutionOptions, progress: SweepPro
                 for event in events:
                     _record(event, store, summary)
                     progress.update(event)
-        finally:
+        except BaseException:
             progress.end()
-            store.export_csv(options.out / CSV_FILENAME)
+            # Best effort: the error in flight (Ctrl-C, a full disk) says more than a CSV that cannot be written
+            # for the same reason; every recorded run is in the store, and `decoupled report` rewrites the CSV.
+            with suppress(StoreError):
+                store.export_csv(options.out / CSV_FILENAME)
+            raise
+        progress.end()
+        store.export_csv(options.out / CSV_FILENAME)
     summary.wall_time_s = time.monotonic() - started
     return summary
