@@ -172,8 +172,8 @@ def _overrides(args: argparse.Namespace) -> dict:
             for name in OPTIMIZERS:
                 set_path(tree, ["grid", name, key], values)
     for item in args.set:
-        path, value = parse_override(item)
-        set_path(tree, path, value)
+        keys, value = parse_override(item)
+        set_path(tree, keys, value)
     return tree
 
 
@@ -395,7 +395,7 @@ class _PipeSafeOutput:
 
 def main(argv: Sequence[str] | None = None) -> int:
     saved = sys.stdout
-    sys.stdout = _PipeSafeOutput(saved)  # type: ignore[assignment]
+    sys.stdout = _PipeSafeOutput(saved)
     try:
         args = build_parser().parse_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
         return args.handler(args)

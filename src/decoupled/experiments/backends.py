@@ -19,7 +19,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence, Union
+from typing import Generator, Protocol, Sequence, Union
 
 from .config import DataConfig
 from .train import RunRecord, RunTask, train_run
@@ -83,7 +83,7 @@ class Backend(Protocol):
     name: str
     workers: int
 
-    def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Iterator[Event]:
+    def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Generator[Event, None, None]:
         """Yield RunStarted, then RunFinished or RunFailed, for every task; stop workers when the iterator is
         closed early (an interrupted sweep)."""
         ...
@@ -170,7 +170,7 @@ class LocalBackend:
         self.workers = workers
         self.threads = threads
 
-    def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Iterator[Event]:
+    def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Generator[Event, None, None]:
         if not tasks:
             return
         import multiprocessing

@@ -152,7 +152,7 @@ def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stubs take the first keyword for allow_pickle
     except OSError as error:
         raise DataError(f"cannot write the data cache {str(path)!r}: {error.strerror or error}") from None
 

@@ -29,7 +29,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Generator, Mapping, Sequence
 
 from .backends import (
     BackendError,
@@ -145,13 +145,13 @@ def _start_local(ray: Any, cpus: int | None) -> None:
     """
     constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
     saved = getattr(constants, "ENABLE_RAY_CLUSTER", None)
-    if saved is not None:
+    if constants is not None and saved is not None:
         constants.ENABLE_RAY_CLUSTER = False
     try:
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)  # fmt: skip
     finally:
-        if saved is not None:
+        if constants is not None and saved is not None:
             constants.ENABLE_RAY_CLUSTER = saved
 
 
@@ -247,7 +247,7 @@ class RayBackend:
         address, origin = resolve_address(address)
         connect(address, origin=origin)
 
-    def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Iterator[Event]:
+    def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Generator[Event, None, None]:
         if not tasks:
             return
         import ray
