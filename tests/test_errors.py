@@ -29,7 +29,8 @@ ERROR_CASES = [
     ("adamw-negative-lr", opt_adamw(lr=-1.0), ValueError, "lr must be >= 0, got -1.0"),
     ("adamw-nan-lr", opt_adamw(lr=float("nan")), ValueError, "lr must be finite, got nan"),
     ("adamw-string-lr", opt_adamw(lr="0.1"), TypeError, "lr must be a real number, got '0.1'"),
-    ("adamw-tensor-lr", opt_adamw(lr=torch.tensor(0.1)), TypeError, "lr must be a real number, got tensor(0.1000)"),
+    ("adamw-tensor-lr-2-elements", opt_adamw(lr=torch.tensor([0.1, 0.1])), ValueError,
+     "Tensor lr must be 1-element, got shape (2,)"),
     ("adamw-negative-eps", opt_adamw(eps=-1e-8), ValueError, "eps must be >= 0, got -1e-08"),
     ("adamw-negative-weight-decay", opt_adamw(weight_decay=-0.1), ValueError, "weight_decay must be >= 0, got -0.1"),
     ("adamw-beta1-one", opt_adamw(betas=(1.0, 0.999)), ValueError, "betas[0] must be in [0, 1), got 1.0"),
@@ -40,7 +41,8 @@ ERROR_CASES = [
     ("adamw-amsgrad-string", opt_adamw(amsgrad="yes"), TypeError, "amsgrad must be True or False, got 'yes'"),
     ("adamw-maximize-int", opt_adamw(maximize=1), TypeError, "maximize must be True or False, got 1"),
     ("adamw-foreach-and-fused", opt_adamw(foreach=True, fused=True), ValueError,
-     "foreach=True and fused=True cannot be combined; set at most one"),
+     "foreach=True and fused=True cannot be combined; set at most one (`fused` and `foreach` cannot be `True` "
+     "together)"),
     ("adamw-fused-string", opt_adamw(fused="yes"), TypeError, "fused must be True, False or None, got 'yes'"),
     ("adamw-decoupled-built-with-lr-0", opt_adamw(lr=0.0, weight_decay=0.1), ValueError,
      "decay='decoupled' scales weight decay by eta_t = lr / base_lr, but base_lr is 0 (the group was built "
@@ -54,7 +56,7 @@ ERROR_CASES = [
     ("sgdw-momentum-one", opt_sgdw(momentum=1.0), ValueError, "momentum must be in [0, 1), got 1.0"),
     ("sgdw-negative-momentum", opt_sgdw(momentum=-0.1), ValueError, "momentum must be in [0, 1), got -0.1"),
     ("sgdw-nesterov-without-momentum", opt_sgdw(momentum=0.0, nesterov=True), ValueError,
-     "nesterov=True needs momentum > 0, got momentum=0"),
+     "nesterov=True needs momentum > 0 and dampening 0, got momentum=0.0, dampening=0.0"),
     ("sgdw-negative-lr", opt_sgdw(lr=-0.1), ValueError, "lr must be >= 0, got -0.1"),
     ("decouple-not-a-class", lambda: decoupled.decouple(int), TypeError,
      "decouple() takes a torch.optim.Optimizer subclass, got <class 'int'>"),

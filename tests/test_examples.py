@@ -152,3 +152,36 @@ def test_trainer_sequence_with_checkpoint_round_trip(family: str, tmp_path: Path
     for a, b in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
     assert optimizer2.param_groups[0]["weight_decay"] == optimizer.param_groups[0]["weight_decay"]
+
+
+# ------------------------------------------------------------------------------------- your own model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", ["own_task", "own_loop"])
+def test_own_model_examples_sweep_at_smoke_size(example: str, tmp_path: Path) -> None:
+    """`decoupled sweep --task examples/<example>.py:task --preset smoke`, as the docs say, from the repository
+    root (one seed, to keep the suite short), with its report."""
+    import os
+    import subprocess
+
+    src = Path(decoupled.__file__).resolve().parents[1]
+    out = tmp_path / example
+    no_report = [] if example == "own_task" else ["--no-report"]  # one report is enough to check (and takes ~10 s)
+    result = subprocess.run(
+        [sys.executable, "-m", "decoupled.cli", "sweep", "--task", f"examples/{example}.py:task", "--preset", "smoke",
+         "--seeds", "1", "--workers", "2", "--out", str(out), *no_report],
+        cwd=EXAMPLES.parent, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(src) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "recorded 16 runs" in result.stdout and "FAILED" not in result.stdout
+    if no_report:
+        return
+    markdown = (out / "report.md").read_text()
+    assert "## Best setting of each optimizer" in markdown and "Data: task `digits-mlp" in markdown
+    assert "1000 training / 400 validation / 397 test examples" in markdown
+
+
+def test_the_declarative_example_is_under_40_lines() -> None:
+    assert len((EXAMPLES / "own_task.py").read_text().splitlines()) < 40

@@ -5,7 +5,19 @@ from __future__ import annotations
 import math
 from numbers import Real
 
-__all__ = ["check_beta", "check_bool", "check_kernel_choice", "check_nonnegative", "check_unit_interval"]
+__all__ = [
+    "KernelChoiceError",
+    "check_beta",
+    "check_bool",
+    "check_kernel_choice",
+    "check_nonnegative",
+    "check_unit_interval",
+]
+
+
+class KernelChoiceError(ValueError, RuntimeError):
+    """A refused combination of kernel options (foreach, fused, differentiable): a ValueError, as this package
+    raises for bad arguments, and a RuntimeError, as torch.optim raises for these."""
 
 
 def _check_real(name: str, value: object) -> float:
@@ -50,4 +62,7 @@ def check_kernel_choice(foreach: object, fused: object) -> None:
     check_bool("foreach", foreach, optional=True)
     check_bool("fused", fused, optional=True)
     if foreach and fused:
-        raise ValueError("foreach=True and fused=True cannot be combined; set at most one")
+        raise KernelChoiceError(
+            "foreach=True and fused=True cannot be combined; set at most one (`fused` and `foreach` cannot be `True` "
+            "together)"
+        )

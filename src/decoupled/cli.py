@@ -87,6 +87,11 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     from .experiments.backends import BACKENDS  # a new backend (issue 5: ray) becomes a choice by joining BACKENDS
 
     what = parser.add_argument_group("what to run (a preset, then --config, then these flags; later wins)")
+    what.add_argument(
+        "--task",
+        metavar="FILE_OR_MODULE:NAME",
+        help="your own model and data: a Task or LoopTask in a Python file or module (docs/your-model.md)",
+    )
     what.add_argument("--preset", default="default", help="a preset's name: default, smoke, paper (default: default)")
     what.add_argument("--config", metavar="FILE", help="a TOML file layered over the preset (same keys as presets)")
     what.add_argument("--optimizers", metavar="LIST", help="comma-separated subset of adam,adamw,sgd,sgdw")
@@ -196,12 +201,16 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from .experiments.progress import make_progress
     from .experiments.store import StoreError
     from .experiments.sweep import ExecutionOptions, default_workers, resolve_device, run_sweep
+    from .experiments.tasks import TaskError, load_task
 
     out: Path | None = None
     try:
-        config = load_sweep_config(args.preset, args.config, _overrides(args))
+        task = load_task(args.task) if args.task is not None else None
+        config = load_sweep_config(args.preset, args.config, _overrides(args), task=task)
         check_size(config, allow_large=args.allow_large)  # before anything is built, connected or written
-        needed = {"mnist1d": ["mnist1d"], "digits": ["sklearn"]}.get(config.data.dataset, [])
+        needed = (
+            [] if task is not None else {"mnist1d": ["mnist1d"], "digits": ["sklearn"]}.get(config.data.dataset, [])
+        )
         missing = _require_modules(prog, [*needed, *([] if args.no_report else ["matplotlib"])])
         if missing is not None:
             return missing
@@ -226,10 +235,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else _default_out(config.name)
         options = ExecutionOptions(out=out, workers=workers, device=device, threads=args.threads, backend=args.backend,
                                    address=args.ray_address, allow_large=args.allow_large)  # fmt: skip
-        print(f"decoupled sweep '{config.name}': {config.cells} cells x {config.seeds} seeds on {config.data.dataset}, "
+        on = f"task {task.name!r}" if task is not None else config.data.dataset
+        print(f"decoupled sweep '{config.name}': {config.cells} cells x {config.seeds} seeds on {on}, "
               f"device {device}; output folder: {out}", flush=True)  # fmt: skip
-        summary = run_sweep(config, options, make_progress(sys.stdout))
-    except (ConfigError, DataError, StoreError, OutputFolderError, ValueError) as error:
+        summary = run_sweep(config, options, make_progress(sys.stdout), task=task)
+    except (ConfigError, DataError, StoreError, TaskError, OutputFolderError, ValueError) as error:
         return _fail(prog, str(error))
     except (OSError, sqlite3.Error) as error:
         return _fail(prog, _filesystem_message(error) + _resume_hint(out))

@@ -20,17 +20,35 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import kernels
-from ._validation import check_beta, check_bool, check_kernel_choice, check_nonnegative, check_unit_interval
-from .conventions import check_decay, group_decay_terms
+from ._validation import (
+    KernelChoiceError,
+    check_beta,
+    check_bool,
+    check_kernel_choice,
+    check_nonnegative,
+    check_unit_interval,
+)
+from .conventions import check_decay, decay_terms, group_decay_terms
 
 __all__ = ["AdamW", "SGDW", "decouple"]
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
 
+def _scalar(name: str, value: Any) -> Any:
+    """A hyperparameter that may be a 1-element Tensor (as torch.optim allows for lr and betas), as a Python
+    number; other values unchanged. On the CPU this is no synchronisation; on a GPU it is one per group and step,
+    which ``capturable=True`` avoids (there the kernels take the tensors themselves)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
+        return value.item()
+    return value
+
+
 def _check_decay_keys(group: dict[str, Any]) -> None:
-    check_nonnegative("lr", group["lr"])
-    check_nonnegative("base_lr", group["base_lr"])
+    check_nonnegative("lr", _scalar("lr", group["lr"]))
+    check_nonnegative("base_lr", _scalar("base_lr", group["base_lr"]))
     check_nonnegative("weight_decay", group["weight_decay"])
     check_decay(group["decay"])
     group_decay_terms(group)  # refuses decoupled decay in a group built with lr=0
@@ -56,7 +74,7 @@ class _DecayGroups:
             param_group.setdefault(key, value)
         super().add_param_group(param_group)  # type: ignore[misc]
         group = self.param_groups[-1]  # type: ignore[attr-defined]
-        group.setdefault("base_lr", group["lr"])
+        group.setdefault("base_lr", _scalar("lr", group["lr"]))  # a float: a Tensor lr is changed in place
         try:
             self._check_group(group)
         except (TypeError, ValueError) as error:
@@ -78,13 +96,24 @@ class _Optimizer(_DecayGroups, Optimizer):
     """Shared shell of AdamW and SGDW: validation of the defaults and of every group, sparse-gradient check."""
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
-        self._check_group(dict(defaults, base_lr=defaults["lr"]))  # unprefixed messages for constructor args
+        self._check_group(dict(defaults, base_lr=_scalar("lr", defaults["lr"])))  # unprefixed messages for arguments
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         _check_decay_keys(group)
         check_bool("maximize", group["maximize"])
         check_kernel_choice(group["foreach"], group["fused"])
+        check_bool("capturable", group.get("capturable", False))
+        check_bool("differentiable", group.get("differentiable", False))
+        if group.get("differentiable") and (group["fused"] or group["foreach"]):
+            kind = "fused" if group["fused"] else "foreach"
+            raise KernelChoiceError(f"`{kind}` does not support `differentiable` (it runs the for-loop path)")
+        if isinstance(group["lr"], Tensor) and group["foreach"] and not group.get("capturable"):
+            raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+
+    def _grad_enabled(self) -> bool:
+        """Steps run without autograd, except with ``differentiable=True`` (as in torch.optim)."""
+        return bool(self.defaults.get("differentiable", False))
 
     def _params_with_grad(self, group: dict[str, Any], group_index: int) -> list[Tensor]:
         params = []
@@ -154,18 +183,35 @@ def _eager_under_compile(step: Callable[..., Any]) -> Callable[..., Any]:
     is applied on the first call made while compiling: applied here, it would import torch._dynamo (~2 s) with
     ``import decoupled``.
     """
-    eager: Callable[..., Any] | None = None
 
     @functools.wraps(step)
     def wrapper(self: Any, closure: Callable[[], Any] | None = None) -> Any:
-        nonlocal eager
         if not torch.compiler.is_compiling():
             return step(self, closure)
-        if eager is None:
-            eager = torch.compiler.disable(step)
-        return eager(self, closure)
+        # Not cached in a variable: dynamo guards on it, and its change from None would recompile once.
+        return torch.compiler.disable(step)(self, closure)
 
     return wrapper
+
+
+def _no_grad_unless_differentiable(step: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``step`` without autograd, or with it for an optimizer built with ``differentiable=True`` (whose steps
+    must be differentiated through, e.g. in meta-learning), as torch.optim does."""
+
+    @functools.wraps(step)
+    def wrapper(self: Any, closure: Callable[[], Any] | None = None) -> Any:
+        with torch.set_grad_enabled(self._grad_enabled()):
+            return step(self, closure)
+
+    return wrapper
+
+
+def _kernel_choice(group: dict[str, Any]) -> dict[str, bool | None]:
+    """The group's foreach/fused request; a differentiable step runs the for-loop path (the only one autograd
+    can follow)."""
+    if group.get("differentiable"):
+        return {"foreach": False, "fused": False}
+    return {"foreach": group["foreach"], "fused": group["fused"]}
 
 
 def _kernel_tensors(params: list[Tensor], grads: list[Tensor], *states: list[Tensor]) -> tuple[list[Tensor], ...]:
@@ -179,6 +225,24 @@ def _kernel_tensors(params: list[Tensor], grads: list[Tensor], *states: list[Ten
         [_local(g, p) for g, p in zip(grads, params)],
         *([_local(t) for t in tensors] for tensors in states),
     )
+
+
+_is_contiguous = Tensor.is_contiguous
+
+
+def _state_like(state: dict[str, Any], key: str, param: Tensor, param_contiguous: bool) -> Tensor:
+    """``state[key]`` in its parameter's memory layout, re-laid out (and stored) once if it is not.
+
+    State made here has its parameter's layout already (``zeros_like``); state loaded from a checkpoint saved
+    in another layout (e.g. before ``model.to(memory_format=torch.channels_last)``) does not, and the one-pass
+    kernels would send such a parameter to a slower strided path at every step. Costs one ``is_contiguous`` in
+    the common case (``param_contiguous``: the caller's, once per parameter).
+    """
+    tensor = state[key]
+    if param_contiguous and _is_contiguous(tensor):
+        return tensor
+    state[key] = tensor = kernels.layout.relayout_like(tensor, param)
+    return tensor
 
 
 def _new_step(param: Tensor) -> Tensor:
@@ -215,6 +279,13 @@ class AdamW(_Optimizer):
         maximize: maximize the objective instead of minimizing it.
         foreach, fused: pick an implementation as in torch.optim; by default the fastest that supports the
             parameters (fused: torch's fused AdamW kernel, with weight_decay = eta_t lambda / lr_t).
+        capturable: keep the step counts on the parameters' device and compute without host synchronisation
+            (for CUDA graphs); ``lr`` and ``betas`` may then be Tensors on that device. Runs the foreach (or
+            for-loop) path; ``fused=True`` with it is refused. Also accepted on the CPU, where torch refuses it.
+        differentiable: let autograd follow the step (runs the for-loop path; ``fused``/``foreach`` refused).
+
+    ``lr`` (and ``betas``, both or neither) may be 1-element Tensors, as in torch.optim: a scheduler then changes
+    the Tensor in place; without ``capturable`` its value is read once per group and step.
 
     Example:
         >>> import torch, decoupled
@@ -243,21 +314,36 @@ class AdamW(_Optimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay,
-            amsgrad=amsgrad, maximize=maximize, foreach=foreach, fused=fused,
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, amsgrad=amsgrad,
+            maximize=maximize, foreach=foreach, fused=fused, capturable=capturable, differentiable=differentiable,
         )  # fmt: skip
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
-        check_beta(group["betas"])
+        betas = group["betas"]
+        if isinstance(betas, (tuple, list)) and len(betas) == 2:
+            tensors = [isinstance(beta, Tensor) for beta in betas]
+            if tensors[0] != tensors[1]:
+                raise ValueError("betas must be either both floats or both Tensors")
+            if tensors[0] and group["foreach"] and not group["capturable"]:
+                raise ValueError("betas[0] as a Tensor is not supported for capturable=False and foreach=True")
+            betas = (_scalar("betas[0]", betas[0]), _scalar("betas[1]", betas[1]))
+        check_beta(betas)
         check_nonnegative("eps", group["eps"])
         check_bool("amsgrad", group["amsgrad"])
+        if group["capturable"] and group["fused"]:
+            raise KernelChoiceError(
+                "fused=True with capturable=True is not supported: capturable steps run the foreach path (leave "
+                "fused unset, or set foreach=True)"
+            )
 
     @_eager_under_compile
-    @torch.no_grad()
+    @_no_grad_unless_differentiable
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss = _evaluate(closure)
@@ -265,7 +351,7 @@ class AdamW(_Optimizer):
             params = self._params_with_grad(group, group_index)
             if not params:
                 continue
-            amsgrad = group["amsgrad"]
+            amsgrad, capturable = group["amsgrad"], group.get("capturable", False)
             grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], []
             for param in params:
                 state = self.state[param]
@@ -275,24 +361,26 @@ class AdamW(_Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 if amsgrad and "max_exp_avg_sq" not in state:
                     state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                if state["step"].device != param.device and not param.is_cpu:
+                if state["step"].device != param.device and (capturable or not param.is_cpu):
                     state["step"] = state["step"].to(param.device)
                 grads.append(param.grad)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
+                contiguous = _is_contiguous(param)
+                exp_avgs.append(_state_like(state, "exp_avg", param, contiguous))
+                exp_avg_sqs.append(_state_like(state, "exp_avg_sq", param, contiguous))
                 if amsgrad:
-                    max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+                    max_exp_avg_sqs.append(_state_like(state, "max_exp_avg_sq", param, contiguous))
                 steps.append(state["step"])
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = _kernel_tensors(
                 params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
             )
-            terms = group_decay_terms(group)
-            beta1, beta2 = group["betas"]
+            lr, (beta1, beta2) = group["lr"], group["betas"]
+            if not capturable:  # Tensor hyperparameters as numbers (capturable kernels take the tensors)
+                lr, beta1, beta2 = _scalar("lr", lr), _scalar("betas[0]", beta1), _scalar("betas[1]", beta2)
+            terms = decay_terms(group["decay"], lr=lr, base_lr=group["base_lr"], weight_decay=group["weight_decay"])
             kernels.adam(
                 params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                decay_factor=terms.factor, l2=terms.l2, amsgrad=amsgrad, maximize=group["maximize"],
-                foreach=group["foreach"], fused=group["fused"],
+                lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"], decay_factor=terms.factor, l2=terms.l2,
+                amsgrad=amsgrad, maximize=group["maximize"], capturable=capturable, **_kernel_choice(group),
             )  # fmt: skip
         return loss
 
@@ -322,7 +410,9 @@ class SGDW(_Optimizer):
         weight_decay: lambda, the per-step decay at eta_t = 1 (default 5e-5: the common CIFAR setting of
             SGD with lr 0.1 and L2 5e-4, expressed in the paper's units).
         decay: "decoupled" (default), "lr", "constant" or "l2" (see :mod:`decoupled.conventions`).
-        nesterov: Nesterov momentum (needs momentum > 0).
+        dampening: as in torch.optim.SGD, m_t = mu m_{t-1} + (1 - dampening) eta_t alpha g_t, except at a
+            buffer's first step (m_1 = eta_t alpha g_1, as torch starts its buffer at g_1) (default 0).
+        nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
         maximize: maximize the objective instead of minimizing it.
         foreach, fused: pick an implementation as in torch.optim; by default the fastest that supports the
             parameters (fused: a one-pass native kernel on the CPU, torch's fused SGD elsewhere).
@@ -345,26 +435,33 @@ class SGDW(_Optimizer):
         weight_decay: float = 5e-5,
         *,
         decay: str = "decoupled",
+        dampening: float = 0.0,
         nesterov: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(
-            lr=lr, momentum=momentum, weight_decay=weight_decay, decay=decay, nesterov=nesterov,
-            maximize=maximize, foreach=foreach, fused=fused,
+            lr=lr, momentum=momentum, weight_decay=weight_decay, decay=decay, dampening=dampening,
+            nesterov=nesterov, maximize=maximize, foreach=foreach, fused=fused, differentiable=differentiable,
         )  # fmt: skip
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
         momentum = check_unit_interval("momentum", group["momentum"])
+        dampening = check_nonnegative("dampening", group.get("dampening", 0.0))
+        if dampening > 1:
+            raise ValueError(f"dampening must be in [0, 1], got {group['dampening']!r}")
         check_bool("nesterov", group["nesterov"])
-        if group["nesterov"] and momentum == 0:
-            raise ValueError("nesterov=True needs momentum > 0, got momentum=0")
+        if group["nesterov"] and (momentum == 0 or dampening != 0):
+            raise ValueError(
+                f"nesterov=True needs momentum > 0 and dampening 0, got momentum={momentum!r}, dampening={dampening!r}"
+            )
 
     @_eager_under_compile
-    @torch.no_grad()
+    @_no_grad_unless_differentiable
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss = _evaluate(closure)
@@ -372,22 +469,37 @@ class SGDW(_Optimizer):
             params = self._params_with_grad(group, group_index)
             if not params:
                 continue
-            momentum = group["momentum"]
-            buffers = []
+            momentum, dampening = group["momentum"], group.get("dampening", 0.0)
+            buffers, fresh = [], []
             if momentum != 0:
                 for param in params:
                     state = self.state[param]
                     if state.get("momentum_buffer") is None:
                         state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    buffers.append(state["momentum_buffer"])
-            params, grads, buffers = _kernel_tensors(params, [p.grad for p in params], buffers)
-            terms = group_decay_terms(group)
-            kernels.sgd(
-                params, grads, buffers,
-                lr=group["lr"], momentum=momentum, nesterov=group["nesterov"], maximize=group["maximize"],
-                decay_factor=terms.factor, l2=terms.l2, foreach=group["foreach"], fused=group["fused"],
+                        fresh.append(param)
+                    buffers.append(_state_like(state, "momentum_buffer", param, _is_contiguous(param)))
+            lr = _scalar("lr", group["lr"])
+            terms = decay_terms(group["decay"], lr=lr, base_lr=group["base_lr"], weight_decay=group["weight_decay"])
+            hyper = dict(
+                momentum=momentum, nesterov=group["nesterov"], maximize=group["maximize"], decay_factor=terms.factor,
+                l2=terms.l2, **_kernel_choice(group),
             )  # fmt: skip
+            if dampening != 0 and momentum != 0:
+                # m = mu m + (1 - dampening) lr g, but a new buffer starts at lr g (as torch's starts at g): the
+                # update is m itself (no nesterov with dampening), so the buffer's lr is the only difference.
+                started = [i for i, param in enumerate(params) if not any(param is new for new in fresh)]
+                if len(started) != len(params):
+                    new = [i for i in range(len(params)) if i not in set(started)]
+                    self._sgd([params[i] for i in new], [buffers[i] for i in new], lr, hyper)
+                    params, buffers = [params[i] for i in started], [buffers[i] for i in started]
+                lr = (1 - dampening) * lr
+            self._sgd(params, buffers, lr, hyper)
         return loss
+
+    @staticmethod
+    def _sgd(params: list[Tensor], buffers: list[Tensor], lr: float, hyper: dict[str, Any]) -> None:
+        params, grads, buffers = _kernel_tensors(params, [p.grad for p in params], buffers)
+        kernels.sgd(params, grads, buffers, lr=lr, **hyper)
 
 
 def decouple(optimizer_cls: type[Optimizer]) -> type[Optimizer]:

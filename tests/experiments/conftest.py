@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +87,20 @@ def popen_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = 
         [sys.executable, "-m", "decoupled.cli", *args], cwd=cwd, env=_cli_env(env),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def kill_after_runs(process: subprocess.Popen, store_file: Path, runs: int = 2, timeout: float = 120) -> None:
+    """SIGKILL a running sweep ``process`` as soon as its store holds ``runs`` runs (waiting up to ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if store_file.exists():  # never connect before: sqlite3 would create an empty file
+            try:
+                if sqlite3.connect(store_file, timeout=5).execute("SELECT COUNT(*) FROM runs").fetchone()[0] >= runs:
+                    break
+            except sqlite3.OperationalError:  # tables not created yet
+                pass
+        time.sleep(0.1)
+    assert process.poll() is None, "the sweep finished before it could be killed; make it longer"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    process.communicate()

@@ -6,16 +6,14 @@ from __future__ import annotations
 import csv
 import os
 import re
-import signal
 import sqlite3
-import time
 
 import pytest
 
 from decoupled.experiments.config import load_sweep_config
 from decoupled.experiments.store import Store
 
-from .conftest import cli, popen_cli
+from .conftest import cli, kill_after_runs, popen_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -89,23 +87,8 @@ def test_sigkill_loses_only_runs_in_flight_and_resume_finishes(tmp_path):
     out = tmp_path / "killed"
     args = ["sweep", "--preset", "smoke", "--optimizers", "adamw,sgdw", "--epochs", "2", "--workers", "1",
             "--out", str(out), "--no-report"]  # fmt: skip
-    process = popen_cli(*args)
     store_file = out / "results.sqlite"
-    deadline = time.monotonic() + 120
-    recorded = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        if store_file.exists():
-            try:
-                recorded = sqlite3.connect(store_file, timeout=5).execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-            except sqlite3.OperationalError:  # tables not created yet
-                recorded = 0
-            if recorded >= 2:
-                break
-        time.sleep(0.1)
-    assert process.poll() is None, "the sweep finished before it could be killed; make it longer"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    process.communicate()
+    kill_after_runs(popen_cli(*args), store_file)
 
     db = sqlite3.connect(store_file)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -272,3 +272,53 @@ def test_neither_the_library_nor_the_local_backend_imports_ray():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={"PYTHONPATH": str(SRC)}, timeout=120)  # fmt: skip
     assert result.stdout.strip() == "False", result.stderr
+
+
+# ------------------------------------------------------------------------------ your own model (issue 13)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+TASK_GRID = {"seeds": 1, "train": {"epochs": 2}, "optimizers": ["adamw", "sgd"],
+             "grid": {"adamw": {"lr": [0.01], "weight_decay": [1e-3]}, "sgd": {"lr": [0.1], "weight_decay": [1e-4]}}}  # fmt: skip
+
+
+@pytest.mark.parametrize("example", ["own_task", "own_loop"])
+def test_user_tasks_of_both_levels_run_on_ray_with_the_local_backends_numbers(cluster, tmp_path, example):
+    """The declarative and the full-control example, from their files: on Ray the task travels to the workers
+    (its file's code by value: the workers cannot import it) and the data once through the object store."""
+    from decoupled.experiments.tasks import load_task
+
+    task = load_task(f"{EXAMPLES / example}.py:task")
+    config = load_sweep_config("smoke", overrides=TASK_GRID, task=task)
+    local = run_sweep(config, ExecutionOptions(out=tmp_path / "local", workers=2), _quiet(), task=task)
+    on_ray = run_sweep(config, ExecutionOptions(out=tmp_path / "ray", workers=2, backend="ray"), _quiet(), task=task)
+    assert (local.recorded, local.failed, on_ray.recorded, on_ray.failed) == (2, [], 2, [])
+    by_local, by_ray = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
+    assert by_local.keys() == by_ray.keys()
+    for key, row in by_ray.items():
+        assert len(row["test_error"]) == 2 and row["config"]["task"] == task.name
+        assert {name: row[name] for name in OUTCOME} == {name: by_local[key][name] for name in OUTCOME}, key
+
+
+def test_a_raising_user_task_on_ray_is_recorded_as_failed_and_the_sweep_goes_on(cluster, tmp_path):
+    from decoupled.experiments.tasks import load_task
+
+    path = tmp_path / "picky.py"
+    path.write_text(
+        "from torch import nn\n"
+        "from decoupled.experiments import LoopTask\n"
+        "def train(run):\n"
+        "    optimizer, scheduler = run.optimizer(nn.Linear(2, 2), steps_per_epoch=1)\n"
+        "    if run.optimizer_name == 'sgd':\n"
+        "        raise RuntimeError('sgd is not welcome here')\n"
+        "    run.report(0.5, 0.25, 0.125)\n"
+        "task = LoopTask(train=train)\n"
+    )
+    task = load_task(f"{path}:task")
+    config = load_sweep_config("smoke", overrides=TASK_GRID, task=task)
+    out = tmp_path / "out"
+    summary = run_sweep(config, ExecutionOptions(out=out, workers=2, backend="ray"), _quiet(), task=task)
+    assert summary.recorded == 1 and [f.error for f in summary.failed] == ["RuntimeError: sgd is not welcome here"]
+    with Store.open(out, create=False) as store:
+        (row,) = store.runs()
+        (failure,) = store.failures()
+    assert (row["optimizer"], row["final_test_error"], failure["optimizer"]) == ("adamw", 0.125, "sgd")

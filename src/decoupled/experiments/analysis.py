@@ -229,7 +229,8 @@ def _comparison(base: OptimizerFindings, variant: OptimizerFindings, test_size: 
             + variant.best_test_std**2 / len(variant.best_test_errors)
         )
     p = (a + b) / 2
-    test_set_noise = math.sqrt(max(p * (1 - p), 0.0) / test_size)
+    # A task without Data (its loop brings its own) has no known test size: that noise term is unknown.
+    test_set_noise = math.sqrt(max(p * (1 - p), 0.0) / test_size) if test_size > 0 else math.nan
     return Comparison(base, variant, difference, relative, standard_error, test_set_noise)
 
 

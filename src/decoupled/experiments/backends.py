@@ -17,12 +17,12 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Generator, Protocol, Sequence, Union
+from typing import Any, Generator, Protocol, Sequence, Union
 
 from .config import DataConfig
-from .train import RunRecord, RunTask, train_run
+from .train import RunRecord, RunTask, run_task, train_run
 
 __all__ = [
     "BACKENDS",
@@ -45,6 +45,26 @@ class WorkerSetup:
     cache_dir: str  # where prepare_data() left generated data (MNIST-1D)
     device: str  # "cpu" or "cuda"; CUDA workers take GPUs round robin
     threads: int = 1  # torch threads per worker on the CPU
+    # A user task (None: the built-in task of each run's data and model config): "FILE_OR_MODULE:NAME", which
+    # a worker loads with load_task, or the Task / LoopTask itself (pickled to the worker).
+    task: Any = None
+    # The task's data as the sweep process loaded it (for a backend that ships it once, Ray); never pickled to
+    # local workers, which load it themselves.
+    task_data: Any = field(default=None, compare=False, repr=False)
+
+
+def load_worker_task(setup: WorkerSetup, device: str) -> tuple[Any, Any]:
+    """(the user task, its data on ``device``) in a worker, or (None, None) for the built-in task, whose data
+    the worker loads from its data config."""
+    if setup.task is None:
+        return None, None
+    import torch
+
+    from .tasks import load_task
+
+    task = load_task(setup.task) if isinstance(setup.task, str) else setup.task
+    data = task.load_data()
+    return task, data.to(torch.device(device)) if data is not None else None
 
 
 @dataclass(frozen=True)
@@ -117,11 +137,15 @@ def failure(error: Exception) -> tuple[str, str]:
     return f"{type(error).__name__}: {error}", traceback.format_exc()
 
 
-def train_task(task: RunTask, splits, device, described: dict) -> tuple:
+def train_task(task: RunTask, splits, device, described: dict, user_task: Any = None, user_data: Any = None) -> tuple:
     """Run ``task`` in a worker: ("finished", record, with provenance ``described``) or ("failed", one line,
-    traceback). Every backend's workers run their tasks through this."""
+    traceback). ``user_task`` (with its loaded ``user_data``): the sweep's task; None: the built-in task of the
+    run's model config on ``splits``. Every backend's workers run their tasks through this."""
     try:
-        record = train_run(task.config, task.seed, splits, device)
+        if user_task is None:
+            record = train_run(task.config, task.seed, splits, device)
+        else:
+            record = run_task(user_task, user_data, task.config, task.seed, device)
         record.provenance = described
         return ("finished", record)
     except Exception as error:  # noqa: BLE001 - one bad run must not stop the sweep
@@ -142,7 +166,8 @@ def _worker_main(worker: int, parent_pid: int, setup: WorkerSetup, tasks, events
         device = setup.device
         if device == "cuda" and torch.cuda.device_count() > 1:
             device = f"cuda:{worker % torch.cuda.device_count()}"
-        splits = load_splits(setup.data, Path(setup.cache_dir)).to(torch.device(device))
+        user_task, user_data = load_worker_task(setup, device)
+        splits = None if user_task else load_splits(setup.data, Path(setup.cache_dir)).to(torch.device(device))
         described = provenance.describe(device)
     except Exception as error:  # noqa: BLE001 - reported to the sweep, which stops
         events.put(("setup_failed", worker, *failure(error)))
@@ -152,7 +177,7 @@ def _worker_main(worker: int, parent_pid: int, setup: WorkerSetup, tasks, events
         if task is None:
             return
         events.put(("started", worker, task))
-        outcome = train_task(task, splits, torch.device(device), described)
+        outcome = train_task(task, splits, torch.device(device), described, user_task, user_data)
         events.put((outcome[0], worker, task, *outcome[1:]))
 
 
@@ -186,7 +211,7 @@ class LocalBackend:
         processes = [
             context.Process(
                 target=_worker_main,
-                args=(index, os.getpid(), setup, task_queue, event_queue),
+                args=(index, os.getpid(), replace(setup, task_data=None), task_queue, event_queue),
                 name=f"decoupled-worker-{index}",
                 daemon=True,
             )  # fmt: skip

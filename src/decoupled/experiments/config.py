@@ -19,8 +19,9 @@ import copy
 import hashlib
 import json
 import math
+import re
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -151,9 +152,10 @@ class RunConfig:
     optimizer: str
     lr: float
     weight_decay: float
+    task: str | None = None  # a user task's name (None: the built-in task of ``data`` and ``model``)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _without_task_defaults(asdict(self))
 
     def key(self) -> str:
         """A stable 16-hex-digit hash of the config (independent of dict order and of Python versions)."""
@@ -171,9 +173,10 @@ class SweepConfig:
     model: ModelConfig
     train: TrainConfig
     grids: tuple[OptimizerGrid, ...]
+    task: str | None = None  # a user task's name (``--task``); None: the built-in task of ``data`` and ``model``
 
     def run_config(self, optimizer: str, lr: float, weight_decay: float) -> RunConfig:
-        return RunConfig(self.data, self.model, self.train, optimizer, lr, weight_decay)
+        return RunConfig(self.data, self.model, self.train, optimizer, lr, weight_decay, self.task)
 
     @property
     def cells(self) -> int:
@@ -186,7 +189,7 @@ class SweepConfig:
         return self.cells * self.seeds
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _without_task_defaults(asdict(self))
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "SweepConfig":
@@ -195,12 +198,23 @@ class SweepConfig:
             name=raw["name"],
             seeds=int(raw["seeds"]),
             data=DataConfig(**raw["data"]),
-            model=ModelConfig(**raw["model"]),
+            model=ModelConfig(**raw.get("model", {})),
             train=TrainConfig(**raw["train"]),
             grids=tuple(
                 OptimizerGrid(g["optimizer"], tuple(g["lrs"]), tuple(g["weight_decays"])) for g in raw["grids"]
             ),
+            task=raw.get("task"),
         )
+
+
+def _without_task_defaults(tree: dict[str, Any]) -> dict[str, Any]:
+    """A built-in task's config has no ``task`` key, so that its hash (the store's key) is what it was before
+    tasks existed; a user task's has no ``model`` (the task brings its own; its name stands for it)."""
+    if tree.get("task") is None:
+        tree.pop("task", None)
+    else:
+        tree.pop("model", None)
+    return tree
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -290,15 +304,42 @@ def load_sweep_config(
     preset: str = "default",
     config_file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    task: Any = None,
 ) -> SweepConfig:
-    """Layer preset < config file < overrides (a nested dict), and check the result."""
+    """Layer preset < config file < overrides (a nested dict), and check the result.
+
+    ``task``: a user task (:mod:`.tasks`): its ``batch_size`` and ``epochs`` (when set) sit between the preset
+    and the config file; the config file and the overrides must not set ``data`` or ``model`` keys (the task
+    brings its own). The sweep's data sizes are filled in by :func:`with_task_data` once the data is loaded.
+    """
     raw = read_preset(preset)
     raw.setdefault("name", preset)
-    if config_file is not None:
-        raw = merge(raw, read_config_file(config_file))
-    if overrides:
-        raw = merge(raw, overrides)
-    return sweep_config_from_dict(raw)
+    layers = [read_config_file(config_file) if config_file is not None else {}, dict(overrides or {})]
+    if task is not None:
+        for origin, layer in zip((f"config file {str(config_file)!r}", "the command line"), layers):
+            for key in ("data", "model"):
+                if layer.get(key):
+                    raise ConfigError(
+                        f"{key}.{next(iter(layer[key]))} (from {origin}) does not apply to --task: the task brings "
+                        f"its own {'data' if key == 'data' else 'model'}"
+                    )
+        task_train = {k: getattr(task, k) for k in ("batch_size", "epochs") if getattr(task, k) is not None}
+        raw = merge(raw, {"train": task_train, "name": re.sub(r"[^\w-]+", "-", task.name).strip("-") or "task"})
+    for layer in layers:
+        if layer:
+            raw = merge(raw, layer)
+    config = sweep_config_from_dict(raw)
+    if task is not None:
+        # The preset's data and model tables say nothing about a task's: keep neutral defaults, not theirs.
+        config = replace(config, data=DataConfig(dataset="task"), model=ModelConfig(), task=task.name)
+    return config
+
+
+def with_task_data(config: SweepConfig, sizes: tuple[int, int, int]) -> SweepConfig:
+    """``config`` with a user task's data sizes (train, validation, test) recorded: part of every run's key, so
+    that changed data never resumes from runs on the old data; the report's noise estimate uses the test size."""
+    train, val, test = sizes
+    return replace(config, data=DataConfig(dataset="task", train_size=train, val_size=val, test_size=test))
 
 
 # ----------------------------------------------------------------------------------------------------------

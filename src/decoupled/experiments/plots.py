@@ -112,7 +112,7 @@ def plot_heatmaps(findings: Findings, path: Path) -> Path:
         ax.axis("off")
     config = findings.config
     figure.suptitle(
-        f"Test error (%) on {config.data.dataset}, {config.train.epochs} epochs, {config.train.schedule} schedule, "
+        f"Test error (%) on {repr(config.task) if config.task else config.data.dataset}, {config.train.epochs} epochs, {config.train.schedule} schedule, "
         f"mean of {config.seeds} seed{'s' if config.seeds > 1 else ''}\n"
         "rings: 10 best cells on test error; red square: best cell picked on validation; x: diverged",
         fontsize=10,

@@ -27,7 +27,8 @@ import logging
 import os
 import re
 import socket
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generator, Mapping, Sequence
 
@@ -204,8 +205,9 @@ def _die_if_told(task: RunTask) -> None:
         os._exit(1)
 
 
-def _run_task(setup: WorkerSetup, splits: Any, task: RunTask) -> tuple:
-    """One run inside a Ray worker: ("finished", record) or ("failed", one line, traceback)."""
+def _run_task(setup: WorkerSetup, splits: Any, task: RunTask, user_task: Any = None) -> tuple:
+    """One run inside a Ray worker: ("finished", record) or ("failed", one line, traceback). ``splits``: the
+    built-in task's data, or with ``user_task`` that task's loaded data (or None)."""
     global _warmed_up
     _die_if_told(task)
     try:
@@ -217,11 +219,25 @@ def _run_task(setup: WorkerSetup, splits: Any, task: RunTask) -> tuple:
         prepare_torch(setup.threads, warm_up=not _warmed_up)
         _warmed_up = True
         device = torch.device("cuda" if setup.device == "cuda" else "cpu")
-        splits = splits.to(device)
+        splits = splits.to(device) if splits is not None else None
         described = provenance.describe(str(device))
     except Exception as error:  # noqa: BLE001 - one bad run must not stop the sweep
         return ("failed", *failure(error))
+    if user_task is not None:
+        return train_task(task, None, device, described, user_task, splits)
     return train_task(task, splits, device, described)
+
+
+def _ship_task_files_by_value() -> None:
+    """Task files loaded by path (``--task file.py:NAME``) are not importable on the cluster's nodes: make
+    Ray's pickler send their code along with the task (installed modules still travel by reference)."""
+    from ray import cloudpickle
+
+    from .tasks import FILE_MODULE_PREFIX
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith(FILE_MODULE_PREFIX) and module is not None:
+            cloudpickle.register_pickle_by_value(module)
 
 
 # ---------------------------------------------------------------------------------------------- driver side
@@ -255,8 +271,18 @@ class RayBackend:
         from .data import load_splits
 
         # Once, here: each node fetches the object once and deserializes it per task (MNIST-1D: ~2 MB;
-        # the paper's CIFAR-10: ~180 MB of uint8 images).
-        splits = ray.put(load_splits(setup.data, Path(setup.cache_dir)))
+        # the paper's CIFAR-10: ~180 MB of uint8 images). A user task's data likewise, and the task itself.
+        user_task = None
+        if setup.task is not None:
+            from .tasks import load_task, without_data
+
+            task_object = load_task(setup.task) if isinstance(setup.task, str) else setup.task
+            data = setup.task_data if setup.task_data is not None else task_object.load_data()
+            _ship_task_files_by_value()
+            splits, user_task = ray.put(data), ray.put(without_data(task_object))
+            setup = replace(setup, task=None, task_data=None)  # both go to the workers as object refs instead
+        else:
+            splits = ray.put(load_splits(setup.data, Path(setup.cache_dir)))
         remote = ray.remote(**self.task_options(setup))(_run_task)
         waiting = collections.deque(tasks)
         free = list(range(self.workers))
@@ -265,8 +291,8 @@ class RayBackend:
             while waiting or in_flight:
                 while waiting and free:
                     slot, task = free.pop(0), waiting.popleft()
-                    in_flight[remote.options(name=f"decoupled {task.describe()}").remote(setup, splits, task)] = (
-                        slot, task)  # fmt: skip
+                    ref = remote.options(name=f"decoupled {task.describe()}").remote(setup, splits, task, user_task)
+                    in_flight[ref] = (slot, task)
                     yield RunStarted(task, slot)
                 # A timeout, so that Ctrl-C in the sweep process is seen within a second.
                 done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)

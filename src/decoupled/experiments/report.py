@@ -97,7 +97,7 @@ def statements(findings: Findings) -> list[str]:
             "(interrupted or failed): these numbers are provisional; run the same command again to finish."
         )
     config = findings.config
-    if config.data.dataset != "cifar10" or config.model.name != "shake_shake":
+    if config.task is None and (config.data.dataset != "cifar10" or config.model.name != "shake_shake"):
         lines.append(
             f"Scale: this is a small stand-in ({config.data.dataset}, {config.data.train_size} training examples, "
             f"{config.model.name} network, {config.train.epochs} epochs). The paper measured its generalization gap "
@@ -148,7 +148,8 @@ def _comparison_sentence(c: Comparison) -> str:
 
 def _noise_text(c: Comparison) -> str:
     seed = "unknown with one seed" if math.isnan(c.standard_error) else f"{100 * c.standard_error:.2f} points (seeds)"
-    return f"standard error {seed}, {100 * c.test_set_noise:.2f} points per measurement (test-set size)"
+    test = "unknown" if math.isnan(c.test_set_noise) else f"{100 * c.test_set_noise:.2f} points"
+    return f"standard error {seed}, {test} per measurement (test-set size)"
 
 
 # ------------------------------------------------------------------------------------------ document model
@@ -160,19 +161,32 @@ def _setup_lines(findings: Findings, parameters: int | None) -> list[str]:
     config = findings.config
     data, model, train = config.data, config.model, config.train
     steps = math.ceil(data.train_size / train.batch_size) * train.epochs
-    normalizer = math.sqrt(train.batch_size / (data.train_size * train.epochs))
-    source = {
-        "mnist1d": f"MNIST-1D generated locally (generator seed {data.seed})",
-        "digits": "scikit-learn's digits (8x8, as 64-sample signals)",
-        "cifar10": f"CIFAR-10 from {data.data_dir}" + (" with pad-4 crop + flip" if data.augment else ""),
-    }[data.dataset]
+    # A LoopTask without Data loads its own: its sizes (and so steps and the normalizer) are not known here.
+    normalizer = math.sqrt(train.batch_size / (data.train_size * train.epochs)) if data.train_size else math.nan
     params = f", {parameters:,} parameters" if parameters else ""
+    if config.task is not None:  # a user task: its own data and model (docs/your-model.md)
+        source = f"task `{config.task}`'s own"
+        model_line = f"Model: task `{config.task}`'s own{params}."
+    else:
+        source = {
+            "mnist1d": f"MNIST-1D generated locally (generator seed {data.seed})",
+            "digits": "scikit-learn's digits (8x8, as 64-sample signals)",
+            "cifar10": f"CIFAR-10 from {data.data_dir}" + (" with pad-4 crop + flip" if data.augment else ""),
+        }[data.dataset]
+        model_line = (
+            f"Model: `{model.name}` width {model.width}, depth {model.depth}"
+            f"{', BatchNorm' if model.batchnorm or model.name == 'shake_shake' else ''}{params}."
+        )
     return [
-        f"Data: {source}; {data.train_size} training / {data.val_size} validation / {data.test_size} test examples "
-        "(validation picks each optimizer's best cell, test reports it).",
-        f"Model: `{model.name}` width {model.width}, depth {model.depth}"
-        f"{', BatchNorm' if model.batchnorm or model.name == 'shake_shake' else ''}{params}.",
-        f"Training: {train.epochs} epochs of batch {train.batch_size} ({steps} steps), schedule eta_t = "
+        f"Data: {source}; "
+        + (
+            f"{data.train_size} training / {data.val_size} validation / {data.test_size} test examples "
+            if data.train_size
+            else "loaded by its own loop (sizes not known to the toolkit) "
+        )
+        + "(validation picks each optimizer's best cell, test reports it).",
+        model_line,
+        f"Training: {train.epochs} epochs of batch {train.batch_size}{f' ({steps} steps)' if steps else ''}, schedule eta_t = "
         f"{'cosine from 1 to 0 over the run, per batch' if train.schedule == 'cosine' else 'constant 1'}, "
         f"weight decay on {'all parameters (as the paper)' if train.decay_scope == 'all' else 'weights only'}; "
         f"{config.seeds} seeds per cell (seed s: same initialization and batch order in every cell).",
@@ -184,7 +198,8 @@ def _setup_lines(findings: Findings, parameters: int | None) -> list[str]:
         "lambda per step at eta_t = 1, in the decoupled convention theta <- theta - eta_t lambda theta (not multiplied "
         "by alpha; torch.optim.AdamW's weight_decay is lambda / alpha). For SGD/Adam it is the L2 factor lambda, "
         "g <- g + lambda theta. The paper's normalized decay (appendix B.1) is "
-        f"lambda_norm = lambda / sqrt(b / (B T)) = lambda x {1 / normalizer:.1f} here.",
+        "lambda_norm = lambda / sqrt(b / (B T))"
+        + (f" = lambda x {1 / normalizer:.1f} here." if not math.isnan(normalizer) else "."),
         f"Runs: {findings.runs_used} of {findings.runs_expected} recorded, {findings.runs_diverged} diverged "
         f"(NaN/inf loss; counted as 100% error); {findings.wall_time_total_s / 60:.1f} minutes of compute in all"
         + (f"; {findings.runs_other} other stored runs are not part of this grid" if findings.runs_other else "")
@@ -251,7 +266,42 @@ def _method_lines() -> list[str]:
     ]
 
 
-def build_document(findings: Findings, out: Path, parameters: int | None) -> list[Block]:
+FAILURES_SHOWN = 20  # rows of the failed-runs table; the rest are counted
+
+
+def failure_blocks(failures: list[dict], rows: list[dict]) -> list[Block]:
+    """The "Failed runs" section: every run that failed (raised, or its worker died) and has not been recorded
+    since, with its error, and the reasons of diverged runs; nothing when there are neither."""
+    diverged = [row for row in rows if row["diverged"]]
+    if not failures and not diverged:
+        return []
+    blocks: list[Block] = [("h2", "Failed runs")]
+    if failures:
+        table = [
+            [OPTIMIZERS[f["optimizer"]].label if f["optimizer"] in OPTIMIZERS else f["optimizer"],
+             format_power_of_two(f["lr"]), format_power_of_two(f["weight_decay"]), str(f["seed"]), f["error"]]
+            for f in failures[:FAILURES_SHOWN]
+        ]  # fmt: skip
+        more = f" ({len(failures) - FAILURES_SHOWN} more not shown; all are in `results.sqlite`, table failures)"
+        blocks += [
+            ("p", f"{len(failures)} runs failed and are not in the numbers above"
+                  f"{more if len(failures) > FAILURES_SHOWN else ''}; the same command again retries them."),
+            ("table", ["optimizer", "lr", "weight decay", "seed", "error"], table),
+        ]  # fmt: skip
+    if diverged:
+        reasons: dict[str, int] = {}
+        for row in diverged:
+            reason = row["extra"].get("diverged", "training loss became NaN/inf")
+            reason = re.sub(r" at epoch \d+.*", "", reason)  # group "train_loss is nan at epoch 3, step 2" by kind
+            reasons[reason] = reasons.get(reason, 0) + 1
+        text = "; ".join(f"{reason} ({count})" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        blocks.append(("p", f"{len(diverged)} runs diverged (counted as 100% error): {text}."))
+    return blocks
+
+
+def build_document(
+    findings: Findings, out: Path, parameters: int | None, failures: list[Block] | None = None
+) -> list[Block]:
     config = findings.config
     optimizer_header, optimizer_rows = _optimizer_table(findings)
     comparison_header, comparison_rows = _comparison_table(findings)
@@ -271,6 +321,7 @@ def build_document(findings: Findings, out: Path, parameters: int | None) -> lis
         ("img", HEATMAP_FILENAME, "test error over learning rate x weight decay, one panel per optimizer"),
         ("h2", "Learning curves of the best settings (cf. Figures 3-4)"),
         ("img", CURVES_FILENAME, "training loss and test error per epoch of each optimizer's best setting"),
+        *(failures or []),
         ("h2", "Setup"),
         ("ul", _setup_lines(findings, parameters)),
         ("h2", "How the numbers are computed"),
@@ -353,12 +404,13 @@ def render_report(folder: str | Path) -> ReportPaths:
         if config is None:
             raise StoreError(f"the store in {str(folder)!r} records no sweep; nothing to report")
         rows = store.runs()
+        failures = store.failures()
         store.export_csv(folder / CSV_FILENAME, rows)
     findings = analyze(config, rows)
     heatmaps = plot_heatmaps(findings, folder / HEATMAP_FILENAME)
     curves = plot_curves(findings, folder / CURVES_FILENAME)
     parameters = next((row["extra"].get("parameters") for row in rows if row["extra"].get("parameters")), None)
-    blocks = build_document(findings, folder, parameters)
+    blocks = build_document(findings, folder, parameters, failure_blocks(failures, rows))
     markdown = folder / "report.md"
     markdown.write_text(to_markdown(blocks), encoding="utf-8")
     page = folder / "report.html"

@@ -21,7 +21,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import OPTIMIZERS, SweepConfig
+from .config import OPTIMIZERS, RunConfig, SweepConfig
 from .files import atomic_write
 from .train import RunRecord
 
@@ -66,6 +66,22 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at      TEXT    NOT NULL,        -- UTC, ISO 8601
     UNIQUE (config_hash, seed)
 );
+"""
+
+# Runs that failed (raised, or their worker died). Not runs: the next sweep retries them, and the report lists
+# those that no later attempt finished. Created on the first failure, so stores without one stay as they were.
+_FAILURES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS failures (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    config_hash TEXT    NOT NULL,             -- RunConfig.key()
+    seed        INTEGER NOT NULL,
+    optimizer   TEXT    NOT NULL,
+    lr          REAL    NOT NULL,
+    weight_decay REAL   NOT NULL,
+    error       TEXT    NOT NULL,             -- one line
+    details     TEXT    NOT NULL,             -- the traceback, when there is one
+    failed_at   TEXT    NOT NULL              -- UTC, ISO 8601
+)
 """
 
 _JSON_COLUMNS = ("config", "train_loss", "val_error", "test_error", "library_versions", "hardware", "extra")
@@ -245,7 +261,28 @@ class Store:
             )
         return cursor.rowcount == 1
 
+    def add_failure(self, config: RunConfig, seed: int, error: str, details: str = "") -> None:
+        """Record that the run (``config``, ``seed``) failed with ``error`` (one line) in one transaction."""
+        with self._transaction():
+            self._db.execute(_FAILURES_SCHEMA)
+            self._db.execute(
+                "INSERT INTO failures (config_hash, seed, optimizer, lr, weight_decay, error, details, failed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (config.key(), seed, config.optimizer, config.lr, config.weight_decay, error, details, _now()),
+            )
+
     # --------------------------------------------------------------------------------------------- reading
+
+    def failures(self) -> list[dict[str, Any]]:
+        """The latest failure of every run that failed and has not been recorded since, oldest first."""
+        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'failures'").fetchone():
+            return []
+        query = (
+            "SELECT * FROM failures WHERE id IN (SELECT MAX(id) FROM failures GROUP BY config_hash, seed) "
+            "AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.config_hash = failures.config_hash "
+            "AND runs.seed = failures.seed) ORDER BY id"
+        )
+        return [dict(row) for row in self._db.execute(query)]
 
     def finished_keys(self) -> set[tuple[str, int]]:
         """(config hash, seed) of every recorded run."""

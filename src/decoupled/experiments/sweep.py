@@ -15,11 +15,12 @@ from pathlib import Path
 
 from . import provenance
 from .backends import Event, RunFailed, RunFinished, WorkerSetup, make_backend
-from .config import SweepConfig, check_size
+from .config import SweepConfig, check_size, with_task_data
 from .data import prepare_data
 from .files import prepare_output_folder, remove_if_empty
 from .progress import SweepProgress
 from .store import STORE_FILENAME, Store, StoreError
+from .tasks import AnyTask, TaskError, describe_sizes
 from .train import RunTask
 
 __all__ = ["ExecutionOptions", "SweepSummary", "default_workers", "plan_tasks", "resolve_device", "run_sweep"]
@@ -86,7 +87,8 @@ def default_workers(device: str) -> int:
 
 
 def _record(event: Event, store: Store, summary: SweepSummary) -> None:
-    """Store a finished run (one transaction) and count it; count a failed one (not stored: resume retries it)."""
+    """Store a finished run (one transaction) and count it; store and count a failed one (as a failure, not a
+    run: the report lists it, and the next sweep retries it)."""
     if isinstance(event, RunFinished):
         if store.add_run(event.record):
             summary.recorded += 1
@@ -94,14 +96,33 @@ def _record(event: Event, store: Store, summary: SweepSummary) -> None:
         else:
             summary.duplicates += 1  # another sweep on the same store recorded it first
     elif isinstance(event, RunFailed):
+        store.add_failure(event.task.config, event.task.seed, event.error, event.details)
         summary.failed.append(event)
 
 
-def run_sweep(config: SweepConfig, options: ExecutionOptions, progress: SweepProgress) -> SweepSummary:
+def _check_picklable(task: AnyTask) -> None:
+    """A task made in Python (not by load_task) reaches spawned workers by pickle: refuse one that cannot."""
+    import pickle
+
+    try:
+        pickle.dumps(task)
+    except Exception as error:  # noqa: BLE001 - pickle raises several kinds
+        raise TaskError(
+            f"{task.label} cannot be sent to worker processes ({type(error).__name__}: {error}): define its "
+            "functions at module level (no lambdas or local functions), or load it with load_task('FILE:NAME')"
+        ) from None
+
+
+def run_sweep(
+    config: SweepConfig, options: ExecutionOptions, progress: SweepProgress, task: AnyTask | None = None
+) -> SweepSummary:
     """Run every run of ``config`` not yet in ``options.out``'s store, recording each as it finishes.
 
-    Raises ConfigError/DataError/StoreError/OutputFolderError (bad input; nothing stored is touched) before any
-    run starts, and StoreError when a write fails later (a full disk): the runs recorded before it are kept.
+    ``task``: a user task (:mod:`.tasks`; ``config`` made by ``load_sweep_config(..., task=task)``), else the
+    built-in task of ``config.data`` and ``config.model``. Its data is loaded here once, to check it (and on
+    Ray to ship it) before anything runs. Raises ConfigError/DataError/StoreError/TaskError/OutputFolderError
+    (bad input; nothing stored is touched) before any run starts, and StoreError when a write fails later (a
+    full disk): the runs recorded before it are kept.
     """
     started = time.monotonic()
     summary = SweepSummary()
@@ -112,7 +133,15 @@ def run_sweep(config: SweepConfig, options: ExecutionOptions, progress: SweepPro
     try:
         if (options.out / STORE_FILENAME).exists():
             Store.open(options.out, create=False).close()  # refuse a damaged or incompatible store before any work
-        prepare_data(config.data, cache_dir)  # fails early, in this process
+        if task is not None:
+            if config.task != task.name:
+                raise ValueError(f"the config is for task {config.task!r}, not {task.name!r}: load it with task=")
+            if options.backend == "local" and not task.source:
+                _check_picklable(task)
+            task_data = task.load_data()  # raises TaskError on bad data
+            config = with_task_data(config, describe_sizes(task_data))
+        else:
+            prepare_data(config.data, cache_dir)  # fails early, in this process
         # Before the store too: a backend that cannot be used (Ray missing, a cluster out of reach) changes nothing.
         backend = make_backend(options.backend, options.workers, options.threads, address=options.address)
     except BaseException:
@@ -125,7 +154,10 @@ def run_sweep(config: SweepConfig, options: ExecutionOptions, progress: SweepPro
         todo = [task for task in tasks if task.key not in finished]
         summary.skipped = len(tasks) - len(todo)
         store.add_sweep(config, provenance.code_version())
-        setup = WorkerSetup(config.data, str(cache_dir), options.device, options.threads)
+        # Spawned local workers import a loaded task again from where it came from; Ray ships the task itself.
+        shipped = task.source if task is not None and task.source and options.backend == "local" else task
+        setup = WorkerSetup(config.data, str(cache_dir), options.device, options.threads, task=shipped,
+                            task_data=task_data if task is not None else None)  # fmt: skip
         progress.begin(len(todo), summary.skipped, min(backend.workers, max(len(todo), 1)))
         try:
             # closing(): an interrupted sweep stops its workers now, not whenever the generator is collected.

@@ -1,4 +1,5 @@
-"""One training run: a cell of the grid (optimizer, learning rate, weight decay) with one seed.
+"""One training run: a cell of the grid (optimizer, learning rate, weight decay) with one seed, of any task
+(:mod:`.tasks`; the built-in ones too): :func:`run_task`.
 
 The optimizers are the library's own: "adam" and "adamw" are :class:`decoupled.AdamW` with ``decay="l2"`` and
 ``decay="decoupled"``, "sgd" and "sgdw" are :class:`decoupled.SGDW` likewise, so each pair runs one
@@ -17,16 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
-import decoupled
-
-from .augment import random_crop_flip
-from .config import OPTIMIZERS, RunConfig
+from .config import RunConfig
 from .data import Splits
-from .models import build_model, count_parameters
+from .tasks import AnyTask, Data, Diverged, Run, Task, builtin_task, fit, make_optimizer
 
-__all__ = ["RunRecord", "RunTask", "make_optimizer", "seed_everything", "train_run"]
+__all__ = ["RunRecord", "RunTask", "make_optimizer", "run_task", "seed_everything", "train_run"]
 
 
 @dataclass(frozen=True)
@@ -86,85 +83,46 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer of ``config`` over ``model``'s parameters (see the module docstring for the mapping)."""
-    spec = OPTIMIZERS[config.optimizer]
-    train = config.train
-    if train.decay_scope == "all":
-        params: Any = [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
-    else:
-        params = decoupled.param_groups(model, config.weight_decay)
-    if spec.family == "adam":
-        return decoupled.AdamW(
-            params, lr=config.lr, betas=(train.beta1, train.beta2), eps=train.eps,
-            weight_decay=config.weight_decay, decay=spec.decay,
-        )  # fmt: skip
-    return decoupled.SGDW(
-        params, lr=config.lr, momentum=train.momentum, weight_decay=config.weight_decay, decay=spec.decay
-    )
+def run_task(task: AnyTask, data: Data | None, config: RunConfig, seed: int, device: torch.device) -> RunRecord:
+    """Run ``task`` for one cell and seed: the one path every run takes, built-in or yours.
 
-
-def _error(model: nn.Module, splits: Splits, x: Tensor, y: Tensor, batch_size: int) -> float:
-    """Fraction of misclassified examples, in eval mode (BatchNorm uses its running statistics)."""
-    model.eval()
-    wrong = 0
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            logits = model(splits.to_input(x[start : start + batch_size]))
-            wrong += int((logits.argmax(dim=1) != y[start : start + batch_size]).sum())
-    return wrong / len(x)
-
-
-def train_run(config: RunConfig, seed: int, splits: Splits, device: torch.device) -> RunRecord:
-    """Train one model and measure it after every epoch.
-
-    Seed ``seed`` fixes the initialization, the batch order and any augmentation, and is the same for every
-    cell: cells differ only in their hyperparameters, which makes their comparison less noisy. On a CPU with
-    one thread the result is the same bit for bit whichever process runs it.
+    Seeds every generator with ``seed``, hands the task a :class:`~.tasks.Run` (the toolkit's loop for a
+    :class:`~.tasks.Task`, your ``train(run)`` for a :class:`~.tasks.LoopTask`) and turns what it reported
+    into a record. :class:`~.tasks.Diverged` (a non-finite loss, parameter or reported number) gives a record
+    with ``diverged=True`` and the reason in ``extra["diverged"]``; any other exception propagates (the worker
+    reports the run as failed), as does a run that reported no epoch or never built its optimizer.
     """
     seed_everything(seed)
     started = time.perf_counter()
-    model = build_model(config.model, splits.input_shape, splits.num_classes).to(device)
-    optimizer = make_optimizer(config, model)
-    train = config.train
-    steps_per_epoch = math.ceil(len(splits.x_train) / train.batch_size)
-    scheduler = None
-    if train.schedule == "cosine":
-        # One cosine period over the whole run: eta_t = 0.5 (1 + cos(pi t / T)), t and T in epochs, per batch.
-        scheduler = decoupled.CosineWarmRestarts(optimizer, first_period=train.epochs, steps_per_epoch=steps_per_epoch)
-    order = torch.Generator().manual_seed(seed)  # batch order and augmentation, on the CPU for reproducibility
+    run = Run(config, seed, device, data)
     record = RunRecord(config, seed, device=str(device))
-    record.extra = {"parameters": count_parameters(model), "steps_per_epoch": steps_per_epoch}
-    for _ in range(train.epochs):
-        model.train()
-        permutation = torch.randperm(len(splits.x_train), generator=order).to(splits.x_train.device)
-        total_loss = torch.zeros((), device=device)
-        for step in range(steps_per_epoch):
-            index = permutation[step * train.batch_size : (step + 1) * train.batch_size]
-            inputs = splits.x_train[index]
-            if config.data.augment:
-                inputs = random_crop_flip(inputs, order)
-            loss = nn.functional.cross_entropy(model(splits.to_input(inputs)), splits.y_train[index])
-            if not torch.isfinite(loss):
-                record.diverged = True
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            total_loss += loss.detach()
-        if record.diverged:
-            break
-        mean_loss = float(total_loss) / steps_per_epoch
-        if not math.isfinite(mean_loss) or not all(torch.isfinite(p).all() for p in model.parameters()):
-            record.diverged = True
-            break
-        record.train_loss.append(mean_loss)
-        record.val_error.append(_error(model, splits, splits.x_val, splits.y_val, train.eval_batch_size))
-        record.test_error.append(_error(model, splits, splits.x_test, splits.y_test, train.eval_batch_size))
+    try:
+        if isinstance(task, Task):
+            fit(task, run)
+        else:
+            task.train(run)
+    except Diverged as reason:
+        record.diverged = True
+        run.extra["diverged"] = str(reason) or "diverged"
+    if run.optimizers_built == 0:
+        raise RuntimeError("the task never called run.optimizer(...): the cell's optimizer was not used")
+    if not record.diverged and not run.train_loss:
+        raise RuntimeError("the task reported no epoch (call run.report(train_loss, val_error, test_error) per epoch)")
+    record.train_loss, record.val_error, record.test_error = run.train_loss, run.val_error, run.test_error
+    record.extra = run.extra
     if not record.diverged:
         record.final_val_error = record.val_error[-1]
         record.final_test_error = record.test_error[-1]
     record.wall_time_s = time.perf_counter() - started
     return record
+
+
+def train_run(config: RunConfig, seed: int, splits: Splits, device: torch.device) -> RunRecord:
+    """Train one built-in model (``config.model``) on ``splits`` and measure it after every epoch.
+
+    Seed ``seed`` fixes the initialization, the batch order and any augmentation, and is the same for every
+    cell: cells differ only in their hyperparameters, which makes their comparison less noisy. On a CPU with
+    one thread the result is the same bit for bit whichever process runs it.
+    """
+    task = builtin_task(config.model, splits, augment=config.data.augment)
+    return run_task(task, task.data, config, seed, device)  # type: ignore[arg-type]

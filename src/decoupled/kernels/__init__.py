@@ -10,7 +10,9 @@ Three interchangeable implementations share each family's signature:
 ``foreach=``/``fused=`` mean what they mean in torch.optim: when the user sets neither, the fastest path that
 supports the tensors is chosen (fused, then foreach, then the for-loop); an explicit request that cannot be
 honoured raises a ValueError naming the tensors' device or dtype. Tensors are grouped by device and dtype
-first, and each group is updated once per step.
+first, and each group is updated once per step. The fused kernels walk raw memory, so parameters whose gradient
+or state is laid out unlike them (or that are not dense) take the strided foreach path instead
+(:mod:`.layout`), and overlapping parameters are refused before anything is written.
 
 The kernels know nothing of decay conventions: they take ``decay_factor`` (theta <- (1 - decay_factor) theta)
 and ``l2`` (g <- g + l2 theta), which :func:`decoupled.conventions.decay_terms` computes.
@@ -31,9 +33,9 @@ from torch.utils._foreach_utils import (
 from . import foreach as _foreach
 from . import forloop as _forloop
 from . import fused as _fused
-from . import native
+from . import layout, native
 
-__all__ = ["IMPLEMENTATIONS", "adam", "decay_", "sgd", "resolve", "native"]
+__all__ = ["IMPLEMENTATIONS", "adam", "decay_", "layout", "native", "resolve", "sgd"]
 
 IMPLEMENTATIONS: tuple[str, ...] = ("forloop", "foreach", "fused")
 _MODULES = {"forloop": _forloop, "foreach": _foreach, "fused": _fused}
@@ -81,21 +83,37 @@ def resolve(device: torch.device, dtype: torch.dtype, *, foreach: bool | None, f
     return "forloop"
 
 
-def _run(family: str, lists: list[list[Tensor]], foreach: bool | None, fused: bool | None, hyper: dict) -> None:
+def _run(
+    family: str, lists: list[list[Tensor]], elementwise: int, foreach: bool | None, fused: bool | None, hyper: dict
+) -> None:
+    """Run ``family``'s kernel over parallel tensor lists, once per device and dtype.
+
+    The one-pass (fused) kernels walk raw memory, so they get only the parameters whose tensors are laid out
+    alike (:func:`.layout.split_walkable`; all of them in the common case); the rest take the foreach path, or
+    the for-loop path where foreach is not supported. ``elementwise``: how many leading lists hold tensors of
+    the parameters' shape (the rest, e.g. Adam's step counts, follow their parameter).
+    """
     params = lists[0]
     if not params:
         return
+    layout.check_no_overlap(params)  # before anything is written: a failed step must change nothing
     first = params[0]
     dtype = first.dtype
     if first.is_cpu and all(p.dtype is dtype and p.is_cpu for p in params):
         # The common case, one CPU dtype: grouping (about 0.5 us per tensor and list) would find one group.
         # Grads and state are not re-checked here: every kernel checks them (torch's ops raise on a dtype
-        # mismatch; the native kernel checks dtype, size and layout itself before it runs).
-        kernel = getattr(_MODULES[resolve(first.device, dtype, foreach=foreach, fused=fused)], family)
-        kernel(*lists, **hyper)
-        return
-    for (device, dtype), (bucket, _) in _group_tensors_by_device_and_dtype(lists).items():
-        kernel: Callable[..., None] = getattr(_MODULES[resolve(device, dtype, foreach=foreach, fused=fused)], family)
+        # mismatch; the fused kernels check sizes and dtypes themselves before they run).
+        buckets = [((first.device, dtype), lists)]
+    else:
+        buckets = [(key, bucket) for key, (bucket, _) in _group_tensors_by_device_and_dtype(lists).items()]
+    for (device, dtype), bucket in buckets:
+        implementation = resolve(device, dtype, foreach=foreach, fused=fused)
+        if implementation == "fused":
+            bucket, rest = layout.split_walkable(bucket, elementwise)
+            if rest:
+                strided = "foreach" if _foreach_unsupported(device) is None else "forloop"
+                getattr(_MODULES[strided], family)(*rest, **hyper)
+        kernel: Callable[..., None] = getattr(_MODULES[implementation], family)
         kernel(*bucket, **hyper)
 
 
@@ -115,6 +133,7 @@ def adam(
     l2: float,
     amsgrad: bool,
     maximize: bool,
+    capturable: bool = False,
     foreach: bool | None = None,
     fused: bool | None = None,
 ) -> None:
@@ -126,11 +145,18 @@ def adam(
         theta = (1 - decay_factor) theta - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
 
     ``max_exp_avg_sqs`` may be empty unless ``amsgrad``. ``steps`` are float scalar tensors, incremented here.
+    With ``capturable`` (or step tensors off the CPU) the bias corrections are computed on the steps' device,
+    without reading a step on the host; ``lr``, ``beta1``, ``beta2`` and ``decay_factor`` may then be 0-dim
+    Tensors. Capturable steps run the foreach path (the for-loop path where foreach is not supported).
     """
     lists = [params, grads, exp_avgs, exp_avg_sqs]
     lists += [max_exp_avg_sqs if amsgrad else [], steps]
     hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, decay_factor=decay_factor, l2=l2, amsgrad=amsgrad)
-    _run("adam", lists, foreach, fused, dict(hyper, maximize=maximize))
+    if capturable and fused:
+        raise ValueError("fused=True cannot run a capturable step; leave fused unset or set foreach=True")
+    if capturable and foreach is None and fused is None and params:
+        foreach = True if _foreach_unsupported(params[0].device) is None else False
+    _run("adam", lists, 5, foreach, fused, dict(hyper, maximize=maximize, capturable=capturable))
 
 
 def sgd(
@@ -157,7 +183,7 @@ def sgd(
     """
     hyper = dict(lr=lr, momentum=momentum, nesterov=nesterov, maximize=maximize)
     lists = [params, grads, momentum_buffers if momentum != 0 else []]
-    _run("sgd", lists, foreach, fused, dict(hyper, decay_factor=decay_factor, l2=l2))
+    _run("sgd", lists, 3, foreach, fused, dict(hyper, decay_factor=decay_factor, l2=l2))
 
 
 def decay_(params: list[Tensor], decay_factor: float) -> None:

@@ -16,7 +16,7 @@ __all__ = ["adam", "increment", "sgd"]
 _REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def decay_(params: list[Tensor], decay_factor: float) -> None:
+def decay_(params: list[Tensor], decay_factor: float | Tensor) -> None:
     """theta <- (1 - decay_factor) theta for tensors of one device and dtype.
 
     For bfloat16/float16 the factor is passed as a float32 tensor: ``_foreach_mul_`` rounds a Python scalar to
@@ -24,7 +24,9 @@ def decay_(params: list[Tensor], decay_factor: float) -> None:
     """
     first = params[0]
     keep: float | Tensor = 1 - decay_factor
-    if first.dtype in _REDUCED_PRECISION:
+    if isinstance(keep, Tensor):  # a capturable step's factor: on the parameters' device, never read on the host
+        keep = keep.to(device=first.device, dtype=torch.float32 if first.dtype in _REDUCED_PRECISION else first.dtype)
+    elif first.dtype in _REDUCED_PRECISION:
         keep = torch.tensor(keep, dtype=torch.float32, device=first.device)
     torch._foreach_mul_(params, keep)
 
@@ -57,31 +59,49 @@ def adam(
     max_exp_avg_sqs: list[Tensor],
     steps: list[Tensor],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
+    lr: float | Tensor,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
     eps: float,
-    decay_factor: float,
+    decay_factor: float | Tensor,
     l2: float,
     amsgrad: bool,
     maximize: bool,
+    capturable: bool = False,
 ) -> None:
-    """Algorithm 2 (Adam/AdamW) over a tensor list. Increments each ``steps`` entry by one."""
+    """Algorithm 2 (Adam/AdamW) over a tensor list. Increments each ``steps`` entry by one.
+
+    Step counts on the CPU are read as numbers; with ``capturable`` or steps on another device the bias
+    corrections are computed on that device, so nothing waits for it (see :func:`.forloop.adam`).
+    """
     if not params:
         return
     grads = _effective_grads(params, grads, maximize, l2)
     increment(steps)
-    if decay_factor != 0:
+    if isinstance(decay_factor, Tensor) or decay_factor != 0:
         decay_(params, decay_factor)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    if isinstance(beta2, Tensor):
+        torch._foreach_add_(exp_avg_sqs, torch._foreach_mul(torch._foreach_mul(grads, grads), 1 - beta2))
+    else:
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
     del grads
     if amsgrad:
         torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
         denom = torch._foreach_sqrt(max_exp_avg_sqs)
     else:
         denom = torch._foreach_sqrt(exp_avg_sqs)
+    if capturable or not steps[0].is_cpu:
+        # On the steps' device: param -= m / (sqrt(v) / sqrt(bc2) + eps) * lr / bc1, as tensors (no host reads).
+        dtype = torch.float64 if params[0].dtype == torch.float64 else torch.float32
+        counts = [step.to(dtype) for step in steps]
+        torch._foreach_div_(denom, [(1 - beta2**count).sqrt() for count in counts])
+        torch._foreach_add_(denom, eps)
+        step_sizes = [-(lr / (1 - beta1**count)) for count in counts]
+        torch._foreach_mul_(denom, [1 / size for size in step_sizes])  # denom / (-step size)
+        torch._foreach_addcdiv_(params, exp_avgs, denom)
+        return
     step_values = [step.item() for step in steps]
     torch._foreach_div_(denom, [(1 - beta2**step) ** 0.5 for step in step_values])
     torch._foreach_add_(denom, eps)

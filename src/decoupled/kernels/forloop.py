@@ -21,35 +21,59 @@ def adam(
     max_exp_avg_sqs: list[Tensor],
     steps: list[Tensor],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
+    lr: float | Tensor,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
     eps: float,
-    decay_factor: float,
+    decay_factor: float | Tensor,
     l2: float,
     amsgrad: bool,
     maximize: bool,
+    capturable: bool = False,
 ) -> None:
-    """Algorithm 2 (Adam/AdamW), one tensor at a time. Increments each ``steps`` entry by one."""
+    """Algorithm 2 (Adam/AdamW), one tensor at a time. Increments each ``steps`` entry by one.
+
+    Step counts on the CPU are read as numbers (no synchronisation there). With ``capturable``, or step tensors
+    on another device (CUDA), the bias corrections stay tensors on that device, so that a step never waits for
+    the device (and may be captured in a CUDA graph); lr, betas and decay_factor may be 0-dim tensors then.
+    """
     for i, param in enumerate(params):
         grad = -grads[i] if maximize else grads[i]
         if l2 != 0:
             grad = grad.add(param, alpha=l2)
         steps[i] += 1
-        step = steps[i].item()
-        if decay_factor != 0:
+        if _nonzero(decay_factor):
             param.mul_(1 - decay_factor)
         exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
         exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        if isinstance(beta2, Tensor):
+            exp_avg_sq.mul_(beta2).add_(grad * grad * (1 - beta2))
+        else:
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         second_moment = exp_avg_sq
         if amsgrad:
-            torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
+            if torch.is_grad_enabled():  # differentiable=True: autograd follows neither out= nor an overwritten input
+                max_exp_avg_sqs[i].copy_(torch.maximum(max_exp_avg_sqs[i].clone(), exp_avg_sq))
+            else:
+                torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
             second_moment = max_exp_avg_sqs[i]
+        if capturable or not steps[i].is_cpu:
+            step = steps[i].to(torch.float64 if param.dtype == torch.float64 else torch.float32)
+            bias_correction1 = 1 - beta1**step
+            step_size = lr / bias_correction1
+            denom = (second_moment.sqrt() / (1 - beta2**step).sqrt()).add_(eps)
+            param.sub_(exp_avg / denom * step_size)
+            continue
+        step = steps[i].item()
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         denom = (second_moment.sqrt() / bias_correction2_sqrt).add_(eps)
         param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+
+
+def _nonzero(value: float | Tensor) -> bool:
+    """Whether a factor may be nonzero; a tensor is not read (that would wait for its device)."""
+    return isinstance(value, Tensor) or value != 0
 
 
 def sgd(
@@ -73,7 +97,7 @@ def sgd(
         grad = -grads[i] if maximize else grads[i]
         if l2 != 0:
             grad = grad.add(param, alpha=l2)
-        if decay_factor != 0:
+        if _nonzero(decay_factor):
             param.mul_(1 - decay_factor)
         if momentum == 0:
             param.add_(grad, alpha=-lr)

@@ -9,8 +9,9 @@ SGD/SGDW has no torch counterpart (torch keeps the learning rate outside the mom
 only L2 decay), so on the CPU it runs :mod:`decoupled.kernels.native`, one C loop over all tensors.
 Elsewhere (CUDA, or a CPU without a C compiler) torch's fused SGD is made to compute the paper's buffer
 ``m = mu m + lr g``: with ``dampening = 1 - lr``, ``lr = 1`` and a zero-initialised buffer
-(``is_first_step=False``) its update ``buf = mu buf + (1 - dampening) g; theta -= 1 * buf`` is exactly
-Algorithm 1; a decoupled decay then costs one extra pass (``_foreach_mul_``) before it.
+(``is_first_step=False``) its update ``buf = mu buf + (1 - dampening) g; theta -= 1 * buf`` is Algorithm 1,
+exact wherever 1 - (1 - lr) rounds to lr within the dtype's precision (else the step runs the foreach path);
+a decoupled decay then costs one extra pass (``_foreach_mul_``) before it.
 This is the path a CUDA tensor takes. bfloat16/float16 CPU tensors without the native kernel take the foreach
 path instead: torch's fused CPU SGD leaves them unchanged (torch 2.13.0; see :func:`sgd_torch`).
 All tensors of one call share a device and a dtype (the dispatcher groups them).
@@ -21,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import foreach, native
+from . import foreach, layout, native
 
 __all__ = ["adam", "sgd", "sgd_torch"]
 
@@ -42,10 +43,13 @@ def adam(
     l2: float,
     amsgrad: bool,
     maximize: bool,
+    capturable: bool = False,
 ) -> None:
     """Algorithm 2 on torch's fused Adam(W) kernel. Increments each ``steps`` entry by one."""
     if not params:
         return
+    if capturable:
+        raise ValueError("the fused Adam path does not take capturable steps (the foreach path does)")
     if decay_factor != 0 and l2 != 0:
         raise ValueError("the fused Adam kernel takes a decay factor or an L2 coefficient, not both")
     _check_sizes(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [])
@@ -86,9 +90,11 @@ def sgd(
     decay_factor: float,
     l2: float,
 ) -> None:
-    """Algorithm 1 in one pass: the native C kernel for contiguous CPU tensors, :func:`sgd_torch` for the rest.
+    """Algorithm 1 in one pass: the native C kernel for CPU tensors, :func:`sgd_torch` for the rest.
 
-    A group may mix both (e.g. one transposed, non-contiguous weight): each tensor takes the path it can.
+    The dispatcher hands this only tensors a one-pass kernel may walk as raw memory (dense, one layout per
+    parameter: :mod:`.layout`). A grad or buffer of another dtype than its parameter goes to torch's kernel,
+    which checks dtypes; a group may mix both, and each tensor takes the path it can.
     """
     if not params:
         return
@@ -112,7 +118,7 @@ def sgd(
     sgd_torch(params, grads, momentum_buffers, decay_factor=decay_factor, l2=l2, **hyper)
 
 
-_numel, _is_contiguous = Tensor.numel, Tensor.is_contiguous
+_numel = Tensor.numel
 
 
 def _check_sizes(params: list[Tensor], *others: list[Tensor]) -> list[int]:
@@ -134,29 +140,24 @@ def _check_sizes(params: list[Tensor], *others: list[Tensor]) -> list[int]:
     return numels
 
 
-def _native_takes_all(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | None) -> bool:
-    """Whether every tensor is contiguous and every grad and buffer has its parameter's dtype.
-
-    The kernel writes through raw addresses, so this is checked on every step (a grad with another
-    ``grad_dtype`` or a state tensor of another dtype goes to torch's kernel, which checks dtypes). Sizes
-    are checked by :func:`_check_sizes`; parameters share one dtype (the dispatcher groups them).
-    """
-    dtype = params[0].dtype
-    others = grads if buffers is None else [*grads, *buffers]
-    return (
-        all(map(_is_contiguous, params)) and all(map(_is_contiguous, others)) and all(t.dtype is dtype for t in others)
-    )
-
-
 def _native_takes(param: Tensor, grad: Tensor, buffer: Tensor | None) -> bool:
-    tensors = (param, grad) if buffer is None else (param, grad, buffer)
-    return all(t.is_contiguous() and t.dtype == param.dtype for t in tensors)
+    dtype = param.dtype
+    return grad.dtype is dtype and (buffer is None or buffer.dtype is dtype)
 
 
 def native_eligible(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | None) -> bool:
-    """Whether the native kernel takes all of these tensors (CPU, a supported dtype, contiguous, one dtype)."""
+    """Whether the native kernel takes all of these tensors: CPU, a dtype it supports, every grad and buffer of
+    its parameter's dtype, and (checked here too, since the kernel writes through raw addresses) one walkable
+    layout per parameter. The layout check is one ``is_contiguous`` per tensor in the common case."""
     first = params[0]
-    return first.is_cpu and native.supports_dtype(first.dtype) and _native_takes_all(params, grads, buffers)
+    if not (first.is_cpu and native.supports_dtype(first.dtype)):
+        return False
+    dtype = first.dtype
+    others = grads if buffers is None else [*grads, *buffers]
+    if not all(t.dtype is dtype for t in others):
+        return False
+    lists = [params, grads] if buffers is None else [params, grads, buffers]
+    return not layout.split_walkable(lists, len(lists))[1]
 
 
 def sgd_torch(
@@ -174,12 +175,13 @@ def sgd_torch(
     """Algorithm 1 on torch's fused SGD kernel (any device it supports); see the module docstring.
 
     Nesterov momentum with the step inside the buffer (theta -= mu m + lr g) has no such mapping and runs
-    the foreach kernel. So do bfloat16/float16 CPU tensors: torch's fused CPU SGD computes wrong values for
-    them (torch 2.13.0, contiguous or not: its vectorized reduced-precision loop never writes the parameters
-    and reads the momentum buffer as float32, so ``torch.optim.SGD(fused=True)`` leaves all but the last
-    few elements of each bf16 tensor where they were; fp32/fp64 and torch's fused Adam are correct).
+    the foreach kernel; so does a step whose lr the mapping would round (:func:`_dampening_is_exact`: float64
+    at most lrs). So do bfloat16/float16 CPU tensors: torch's fused CPU SGD computes wrong values for them
+    (torch 2.13.0, contiguous or not: its vectorized reduced-precision loop never writes the parameters and
+    reads the momentum buffer as float32, so ``torch.optim.SGD(fused=True)`` leaves all but the last few
+    elements of each bf16 tensor where they were; fp32/fp64 and torch's fused Adam are correct).
     """
-    if nesterov or _torch_sgd_miscomputes(params):
+    if nesterov or _torch_sgd_miscomputes(params) or (momentum != 0 and not _dampening_is_exact(lr, params[0].dtype)):
         foreach.sgd(
             params, grads, momentum_buffers, lr=lr, momentum=momentum, nesterov=nesterov,
             maximize=maximize, decay_factor=decay_factor, l2=l2,
@@ -197,6 +199,20 @@ def sgd_torch(
 
 
 _REDUCED = (torch.bfloat16, torch.float16)
+
+
+def _dampening_is_exact(lr: float, dtype: torch.dtype) -> bool:
+    """Whether torch's fused SGD with ``dampening = 1 - lr`` scales gradients by lr to within a quarter of the
+    dtype's own rounding.
+
+    Its kernels (CPU and CUDA) compute ``(1 - dampening) * g`` in double, so the gradient is scaled by
+    1 - (1 - lr), which is lr plus an error of up to 2^-54: relative 5e-9 at lr 1e-8, all of it below 1.1e-16.
+    For float32 and narrower that error is far below the dtype's rounding for any lr above about 4e-9; for
+    float64 it rarely is, and such steps (and any lr too small) take the foreach path, which is exact.
+    """
+    if lr == 0:
+        return True  # 1 - (1 - 0) == 0 exactly
+    return abs((1.0 - (1.0 - lr)) - lr) <= lr * torch.finfo(dtype).eps / 4
 
 
 def _torch_sgd_miscomputes(params: list[Tensor]) -> bool:

@@ -5,9 +5,10 @@ torch has no fused kernel for SGD with decoupled weight decay: its fused SGD add
 and memory bound, so a plain C loop compiled with the machine's C compiler reaches the bandwidth floor.
 
 The library is compiled once per machine on first use (well under a second) into a cache folder
-(``$DECOUPLED_CACHE_DIR``, else ``$XDG_CACHE_HOME/decoupled``, else ``~/.cache/decoupled``), named by a hash of
-the source, the flags and the compiler, and written atomically so that concurrent processes never load a
-half-written file. Without a C compiler, :func:`available` is False and the dispatcher uses another path.
+(``$DECOUPLED_CACHE_DIR``, else ``$XDG_CACHE_HOME/decoupled``, else ``~/.cache/decoupled``; where that cannot be
+written, a per-user folder under the temporary directory), named by a hash of the source, the flags, the compiler
+and the CPU it is built for (``-march=native``), and written atomically so that concurrent processes never load
+a half-written file. Without a C compiler, :func:`available` is False and the dispatcher uses another path.
 
 It is built with OpenMP and links ``libgomp.so.1``: inside a process that imported torch, the dynamic loader
 resolves that name to the OpenMP runtime torch already loaded, so both share one thread pool.
@@ -22,6 +23,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -46,12 +48,62 @@ _FLAG_SETS = (
 )
 
 
-def _cache_dir() -> Path:
+def _cache_dirs() -> list[Path]:
+    """Where the built library may live, in order: the configured cache folder, then a per-user folder under
+    the temporary directory (for a HOME that is missing or read-only, or an unwritable DECOUPLED_CACHE_DIR)."""
+    dirs = []
     root = os.environ.get("DECOUPLED_CACHE_DIR")
     if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "decoupled"
+        dirs.append(Path(root))
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        try:
+            dirs.append((Path(xdg) if xdg else Path.home() / ".cache") / "decoupled")
+        except (RuntimeError, KeyError):  # no HOME and no passwd entry: Path.home() cannot tell
+            pass
+    private = _private_temp_dir()
+    if private is not None:
+        dirs.append(private)
+    return dirs
+
+
+def _private_temp_dir() -> Path | None:
+    """A folder under the temporary directory that only this user can write (made with mode 700), or None.
+
+    The temporary directory is shared: a library loaded from a folder another user could write would run their
+    code, so the folder must be ours and closed to others."""
+    if not hasattr(os, "getuid"):
+        return None
+    folder = Path(tempfile.gettempdir()) / f"decoupled-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        return None
+    return folder
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` compiles for: the CPU's model and feature flags (not the hostname: a home folder
+    shared by machines with other CPUs must not load a library built for another one)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            first = handle.read().split("\n\n", 1)[0]
+        keys = ("vendor_id", "cpu family", "model", "model name", "flags", "Features", "CPU implementer", "CPU part")
+        fields = [line for line in first.splitlines() if line.split(":", 1)[0].strip() in keys]
+        if fields:
+            return "\n".join(fields)
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            return subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string", "machdep.cpu.features", "hw.optional.arm64"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout  # fmt: skip
+    return f"{platform.machine()} {platform.processor()}"
 
 
 def _compiler() -> str | None:
@@ -62,9 +114,13 @@ def _compiler() -> str | None:
 
 
 def _compile(compiler: str, flags: list[str], target: Path) -> str | None:
-    """Compile the kernel into ``target``; return None on success, else the compiler's complaint."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    """Compile the kernel into ``target``; return None on success, else the compiler's (or the file system's)
+    complaint."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    except OSError as error:
+        return f"cannot write to {target.parent}: {error}"
     os.close(fd)
     command = [compiler, *flags, "-shared", "-fPIC", "-std=c11", str(_SOURCE), "-o", tmp]
     try:
@@ -76,8 +132,15 @@ def _compile(compiler: str, flags: list[str], target: Path) -> str | None:
     except (OSError, subprocess.SubprocessError) as error:
         return str(error)
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a cache folder we may not enter
+        return False
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,17 +153,13 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     if compiler is None:
         return None, "no C compiler found (set CC, or install gcc or clang)"
     source = _SOURCE.read_bytes()
+    cpu = _cpu_signature()
     errors = []
     for flags in _FLAG_SETS:
-        key = hashlib.sha256(
-            source + " ".join([compiler, *flags, platform.machine(), platform.node()]).encode()
-        ).hexdigest()[:16]
-        target = _cache_dir() / f"sgd-{key}.so"
-        if not target.exists():
-            error = _compile(compiler, flags, target)
-            if error is not None:
-                errors.append(f"{' '.join(flags)}: {error}")
-                continue
+        key = hashlib.sha256(source + " ".join([compiler, *flags, platform.machine(), cpu]).encode()).hexdigest()
+        target = _built(compiler, flags, f"sgd-{key[:16]}.so", errors)
+        if target is None:
+            continue
         try:
             library = ctypes.CDLL(str(target))
         except OSError as error:
@@ -118,6 +177,22 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         library.decoupled_team_size.argtypes = [ctypes.c_int]
         return library, ""
     return None, "could not build the native SGD kernel: " + "; ".join(errors)
+
+
+def _built(compiler: str, flags: list[str], name: str, errors: list[str]) -> Path | None:
+    """The library ``name`` in the first cache folder that has it or can have it built, else None (with the
+    reasons appended to ``errors``)."""
+    for folder in _cache_dirs():
+        target = folder / name
+        if _is_file(target):
+            return target
+        error = _compile(compiler, flags, target)
+        if error is None:
+            return target
+        errors.append(f"{' '.join(flags)}: {error}")
+        if not error.startswith("cannot write to"):
+            return None  # the compiler refused these flags: another folder will not change that
+    return None
 
 
 def available() -> bool:
