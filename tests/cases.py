@@ -14,6 +14,7 @@ from torch import nn
 
 import decoupled
 from decoupled import DECAY_CONVENTIONS
+from device import TEST_DEVICE
 from reference import ReferenceAdam, ReferenceSGD
 
 DECAYS = DECAY_CONVENTIONS  # test_conventions pins the tuple itself
@@ -115,9 +116,9 @@ def gradient(
     real_shape = tuple(theta.shape) + ((2,) if theta.is_complex() else ())
     noise = torch.randn(real_shape, generator=generator, dtype=torch.float64)
     scale = sign * 10.0 ** (spread * (index - 3))  # 1e-3 ... 1e3 across parameters for spread 1
-    real_theta = torch.view_as_real(theta).double() if theta.is_complex() else theta.double()
+    real_theta = (torch.view_as_real(theta).double() if theta.is_complex() else theta.double()).cpu()
     grad = scale * (real_theta - 1.0) + scale * noise
-    grad = grad.to(torch.float64 if theta.dtype in (torch.float64, torch.complex128) else torch.float32)
+    grad = grad.to(device=theta.device, dtype=torch.float64 if theta.dtype in (torch.float64, torch.complex128) else torch.float32)
     return torch.view_as_complex(grad) if theta.is_complex() else grad
 
 
@@ -128,7 +129,7 @@ def build_groups(values: list[torch.Tensor], dtype: torch.dtype, base_lr: float)
             target = torch.complex128 if dtype == torch.float64 else torch.complex64
         else:
             target = dtype
-        params.append(torch.nn.Parameter(value.clone().to(target)))
+        params.append(torch.nn.Parameter(value.clone().to(device=TEST_DEVICE, dtype=target)))
     groups = []
     for group_index, hyper in enumerate(GROUP_HYPER):
         members = [p for p, (g, _, _) in zip(params, PARAM_SPECS) if g == group_index]

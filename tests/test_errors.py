@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import decoupled
+from decoupled.schedules import restart_position
 
 
 def params(shape=(3, 2)):
@@ -99,6 +100,44 @@ ERROR_CASES = [
      "(Proposition 2), so 'l2' -> 'decoupled' is not a conversion"),
     ("convert-zero-lr", lambda: decoupled.convert_weight_decay(0.1, source="lr", target="decoupled", lr=0),
      ValueError, "lr must be a positive finite number to convert weight decay, got 0"),
+    ("convert-negative-weight-decay",
+     lambda: decoupled.convert_weight_decay(-0.1, source="lr", target="decoupled", lr=1e-3),
+     ValueError, "weight_decay must be >= 0, got -0.1"),
+    ("convert-nan-weight-decay",
+     lambda: decoupled.convert_weight_decay(float("nan"), source="lr", target="decoupled", lr=1e-3),
+     ValueError, "weight_decay must be finite, got nan"),
+    ("convert-string-weight-decay",
+     lambda: decoupled.convert_weight_decay("0.1", source="lr", target="decoupled", lr=1e-3),
+     TypeError, "weight_decay must be a real number, got '0.1'"),
+    ("convert-string-lr", lambda: decoupled.convert_weight_decay(0.1, source="lr", target="decoupled", lr="1e-3"),
+     TypeError, "lr must be a real number, got '1e-3'"),
+    ("convert-bool-lr", lambda: decoupled.convert_weight_decay(0.1, source="lr", target="decoupled", lr=True),
+     TypeError, "lr must be a real number, got True"),
+    ("restarts-fractional-steps-per-epoch",
+     lambda: decoupled.CosineWarmRestarts(decoupled.AdamW(params()), first_period=1, steps_per_epoch=2.5),
+     ValueError, "steps_per_epoch must be an integer >= 1, got 2.5"),
+    ("restarts-string-steps-per-epoch",
+     lambda: decoupled.CosineWarmRestarts(decoupled.AdamW(params()), first_period=1, steps_per_epoch="390"),
+     TypeError, "steps_per_epoch must be an integer >= 1, got '390'"),
+    ("restarts-bool-steps-per-epoch",
+     lambda: decoupled.CosineWarmRestarts(decoupled.AdamW(params()), first_period=1, steps_per_epoch=True),
+     TypeError, "steps_per_epoch must be an integer >= 1, got True"),
+    ("restarts-string-norm",
+     lambda: decoupled.CosineWarmRestarts(decoupled.AdamW(params()), first_period=1, weight_decay_norm="0.1"),
+     TypeError, "weight_decay_norm must be a real number, got '0.1'"),
+    ("restarts-negative-norm-in-list",
+     lambda: decoupled.CosineWarmRestarts(decoupled.AdamW(params()), first_period=1, weight_decay_norm=[-0.1]),
+     ValueError, "weight_decay_norm[0] must be >= 0, got -0.1"),
+    ("restart-position-negative-step", lambda: restart_position(-1, 4, 1.0), ValueError,
+     "step must be an integer >= 0, got -1"),
+    ("restart-position-zero-steps-per-epoch", lambda: restart_position(3, 0, 1.0), ValueError,
+     "steps_per_epoch must be an integer >= 1, got 0"),
+    ("normalized-string-epochs", lambda: decoupled.normalized_weight_decay(0.025, 128, 50_000, "100"), TypeError,
+     "epochs must be a real number, got '100'"),
+    ("decouple-cautious", lambda: RMSpropW(params(), lr=0.01, cautious=True), ValueError,
+     "DecoupledRMSprop: decouple() does not support cautious=True: cautious weight decay decays only the "
+     "coordinates where the update direction and the parameter share a sign, and a wrapper around any optimizer "
+     "does not see that direction; use decoupled.AdamW or decoupled.SGDW"),
 ]
 
 
@@ -146,3 +185,21 @@ def test_decoupled_decay_from_a_group_whose_base_lr_became_zero_is_refused_at_st
     param.grad = torch.ones(2)
     with pytest.raises(ValueError, match=r"^decay='decoupled' scales weight decay by eta_t = lr / base_lr"):
         optimizer.step()
+
+
+def test_numpy_numbers_are_accepted_where_python_numbers_are():
+    """torch takes NumPy scalars (a steps_per_epoch computed with numpy, a weight decay read from an array)."""
+    import numpy as np
+
+    optimizer = decoupled.AdamW(params(), lr=np.float64(1e-3), weight_decay=np.float32(1e-4))
+    scheduler = decoupled.CosineWarmRestarts(optimizer, first_period=np.int64(2), steps_per_epoch=np.int64(390))
+    assert scheduler.steps_per_epoch == 390 and type(scheduler.steps_per_epoch) is int
+    assert restart_position(np.int64(800), np.int32(390), 2.0) == restart_position(800, 390, 2.0)
+    norm = decoupled.CosineWarmRestarts(optimizer, first_period=1, weight_decay_norm=np.array([0.025]))
+    assert norm.weight_decay_norms == [0.025]
+    assert decoupled.convert_weight_decay(np.float32(0.5), source="lr", target="decoupled", lr=np.float64(1e-2)) == (
+        pytest.approx(5e-3)
+    )
+    assert decoupled.normalized_weight_decay(0.025, np.int64(128), np.int64(50_000), np.int64(100)) == pytest.approx(
+        0.025 * (128 / 5e6) ** 0.5
+    )

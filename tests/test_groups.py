@@ -97,3 +97,44 @@ def test_effective_decay_is_what_a_step_applies():
     optimizer.step()
     torch.testing.assert_close(param.detach(), torch.full((4,), 1 - factor, dtype=torch.float64))
     assert factor == pytest.approx(0.5 * 0.05)
+
+
+def _measured_factor(optimizer, param) -> float:
+    """The decay one step applies, measured: theta = 1 and a zero gradient keep every update at 0."""
+    with torch.no_grad():
+        param.fill_(1.0)
+    param.grad = torch.zeros_like(param)
+    optimizer.step()
+    return 1.0 - param.detach().flatten()[0].item()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: torch.optim.Adafactor(p, lr=0.01, weight_decay=0.1),
+        lambda p: torch.optim.Muon(p, lr=0.01, weight_decay=0.1),
+        lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
+        lambda p: torch.optim.NAdam(p, lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+        lambda p: torch.optim.RAdam(p, lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+        lambda p: torch.optim.ASGD(p, lr=0.01, lambd=0.1),
+        lambda p: torch.optim.Rprop(p, lr=0.01),
+    ],
+    ids=["Adafactor", "Muon", "AdamW", "NAdam-decoupled", "RAdam-decoupled", "ASGD-lambd", "Rprop"],
+)
+def test_effective_decay_of_torch_optimizers_is_what_their_step_applies(make):
+    """Read from each torch optimizer's own rule (torch 2.13 source), then checked against a step: Adafactor and
+    Muon decay by lr * weight_decay like AdamW, ASGD by lambd * eta."""
+    param = nn.Parameter(torch.ones(3, 3, dtype=torch.float64))
+    optimizer = make([param])
+    for _ in range(2):  # before the first step and with state
+        (factor,) = decoupled.effective_decay(optimizer)
+        assert factor is not None
+        assert _measured_factor(optimizer, param) == pytest.approx(factor, rel=1e-6, abs=1e-12)
+
+
+def test_effective_decay_reads_l2_for_torch_optimizers_with_an_l2_weight_decay():
+    params = list(nn.Linear(2, 2).parameters())
+    for cls in (torch.optim.Adam, torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adamax, torch.optim.RMSprop,
+                torch.optim.Adagrad, torch.optim.Adadelta, torch.optim.ASGD):  # fmt: skip
+        assert decoupled.effective_decay(cls(params, weight_decay=0.1)) == [None], cls.__name__
+        assert decoupled.effective_decay(cls(params, weight_decay=0.0, **({"lambd": 0.0} if cls is torch.optim.ASGD else {}))) == [0.0]

@@ -26,6 +26,7 @@ import torch
 
 import decoupled
 from decoupled.kernels import native
+from device import TEST_DEVICE
 from reference import ReferenceSGD
 
 STEPS = 42
@@ -77,7 +78,7 @@ def _make_params(dtype: torch.dtype) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(1234)
 
     def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(device=TEST_DEVICE, dtype=dtype)
 
     params = [
         randn(7, 13),  # plain
@@ -108,7 +109,7 @@ def _gradients(dtype: torch.dtype) -> tuple[tuple[torch.Tensor | None, ...], ...
             scale = 10.0 ** ((index % 4) - 2)  # badly scaled: 1e-2 .. 10
             shape = param.shape + ((2,) if param.is_complex() else ())
             real = torch.randn(shape, generator=generator, dtype=torch.float64)
-            grad = (scale * (torch.view_as_complex(real) if param.is_complex() else real)).to(param.dtype)
+            grad = (scale * (torch.view_as_complex(real) if param.is_complex() else real)).to(param.device, param.dtype)
             if index == 3:  # the transposed parameter gets a transposed (non-contiguous) gradient too
                 grad = grad.t().contiguous().t()
             grads.append(grad)

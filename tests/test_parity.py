@@ -59,7 +59,7 @@ def run_against_reference(case, decay: str, dtype: torch.dtype, path: dict, step
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
     torch.testing.assert_close(
-        as_real(actual).double(), as_real(expected).double(), **TOLERANCES[dtype], msg=lambda m: f"{what}: {m}"
+        as_real(actual).double().cpu(), as_real(expected).double().cpu(), **TOLERANCES[dtype], msg=lambda m: f"{what}: {m}"
     )
 
 
@@ -89,7 +89,7 @@ def test_frozen_parameter_has_no_state_until_it_gets_a_gradient():
     optimizer, params, _, _ = run_against_reference(case, "decoupled", torch.float64, {}, steps=12)
     assert optimizer.state.get(params[FROZEN_INDEX], {}) == {}
     frozen = params[FROZEN_INDEX].detach()
-    torch.testing.assert_close(frozen, initial_values()[FROZEN_INDEX], rtol=0, atol=0)
+    torch.testing.assert_close(frozen.cpu(), initial_values()[FROZEN_INDEX], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=lambda c: c.name)

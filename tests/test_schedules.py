@@ -152,3 +152,27 @@ def test_eta_is_lr_over_the_lr_the_group_was_built_with(make_scheduler, descript
         opt.step()
         torch.testing.assert_close(param.detach(), before * (1 - lr / 0.1 * 0.01))
         scheduler.step()
+
+
+def test_one_normalized_decay_leaves_the_no_decay_group_undecayed():
+    """param_groups() puts biases and norms in a weight_decay=0 group; one lambda_norm must not decay them."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt = decoupled.AdamW(decoupled.param_groups(model, weight_decay=1e-4), lr=1e-3)
+    scheduler = decoupled.CosineWarmRestarts(opt, first_period=1, steps_per_epoch=4, weight_decay_norm=0.05)
+    for _ in range(9):
+        decay_group, no_decay_group = opt.param_groups
+        assert decay_group["weight_decay"] == pytest.approx(0.05 * math.sqrt(1 / 4))
+        assert no_decay_group["weight_decay"] == 0.0
+        assert decoupled.effective_decay(opt)[1] == 0.0
+        opt.step()
+        scheduler.step()
+    state = scheduler.state_dict()
+    assert state["weight_decay_norms"] == [0.05, 0.0]
+
+
+def test_one_normalized_decay_applies_to_every_group_when_none_decays_yet():
+    opt = optimizer(lr=0.1, groups=2)
+    for group in opt.param_groups:
+        group["weight_decay"] = 0.0
+    decoupled.CosineWarmRestarts(opt, first_period=2, steps_per_epoch=5, weight_decay_norm=0.05)
+    assert [group["weight_decay"] for group in opt.param_groups] == [pytest.approx(0.05 * math.sqrt(1 / 10))] * 2

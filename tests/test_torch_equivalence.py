@@ -7,6 +7,7 @@ import torch
 
 import decoupled
 from cases import PATHS
+from device import TEST_DEVICE
 from reference import decay_of_step
 
 STEPS = 30
@@ -15,14 +16,17 @@ STEPS = 30
 def make_params(seed: int = 0) -> list[torch.nn.Parameter]:
     generator = torch.Generator().manual_seed(seed)
     shapes = [(6, 4), (4,), (3, 2, 2), (0,)]
-    return [torch.nn.Parameter(torch.randn(*s, generator=generator, dtype=torch.float64)) for s in shapes]
+    return [
+        torch.nn.Parameter(torch.randn(*s, generator=generator, dtype=torch.float64).to(TEST_DEVICE)) for s in shapes
+    ]
 
 
 def set_grads(params: list[torch.Tensor], step: int) -> None:
     generator = torch.Generator().manual_seed(step)
     for index, p in enumerate(params):
         scale = 10.0 ** (index - 1)
-        p.grad = scale * (p.detach() - 0.5) + scale * torch.randn(p.shape, generator=generator, dtype=p.dtype)
+        noise = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+        p.grad = scale * (p.detach() - 0.5) + scale * noise
 
 
 def run(optimizer_factory, *, scheduled: bool = True) -> list[torch.Tensor]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 
 __all__ = [
     "KernelChoiceError",
@@ -11,6 +11,8 @@ __all__ = [
     "check_bool",
     "check_kernel_choice",
     "check_nonnegative",
+    "check_positive",
+    "check_positive_int",
     "check_unit_interval",
 ]
 
@@ -34,6 +36,23 @@ def check_nonnegative(name: str, value: object) -> float:
     if number < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
     return number
+
+
+def check_positive(name: str, value: object) -> float:
+    """``value`` as a float, if it is a finite real number > 0."""
+    number = _check_real(name, value)
+    if number <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return number
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` as an int, if it is an integer >= 1 (a Python or NumPy integer, as torch takes them)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be an integer >= 1, got {value!r}")
+    if not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 def check_unit_interval(name: str, value: object) -> float:

@@ -26,7 +26,10 @@ Reference: I. Loshchilov and F. Hutter, "Decoupled Weight Decay Regularization",
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import Any, NamedTuple
+
+from ._validation import check_nonnegative
 
 __all__ = ["DECAY_CONVENTIONS", "DecayTerms", "check_decay", "convert_weight_decay", "decay_terms", "group_decay_terms"]
 
@@ -97,6 +100,7 @@ def convert_weight_decay(weight_decay: float, *, source: str, target: str, lr: f
     >>> convert_weight_decay(0.01, source="lr", target="decoupled", lr=1e-3)  # torch.optim.AdamW(wd=0.01)
     1e-05
     """
+    weight_decay = check_nonnegative("weight_decay", weight_decay)
     check_decay(source)
     check_decay(target)
     if "l2" in (source, target) and source != target:
@@ -104,7 +108,9 @@ def convert_weight_decay(weight_decay: float, *, source: str, target: str, lr: f
             "an L2 penalty has no equivalent decoupled weight decay for adaptive optimizers "
             f"(Proposition 2), so {source!r} -> {target!r} is not a conversion"
         )
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if isinstance(lr, bool) or not isinstance(lr, Real):
+        raise TypeError(f"lr must be a real number, got {lr!r}")
+    if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite number to convert weight decay, got {lr!r}")
     # Express as the paper's per-step decay at eta_t = 1 ("decoupled" == "constant" there), then back.
     per_step = weight_decay * lr if source == "lr" else weight_decay

@@ -109,10 +109,18 @@ def param_groups(
 def effective_decay(optimizer: Optimizer) -> list[float | None]:
     """The per-step decay factor f of each group's next step: theta <- (1 - f) theta for its parameters.
 
-    Works for this package's optimizers (any convention) and for torch's own: torch.optim.AdamW (and Adam,
-    NAdam, RAdam with ``decoupled_weight_decay=True``) decay by f = lr * weight_decay. An L2 penalty (decay="l2",
-    or torch's SGD/Adam/... ``weight_decay``) has no per-step factor, since it goes through the gradient and, for
-    adaptive methods, the preconditioner: its entry is None.
+    Works for this package's optimizers (any convention, decouple()-made ones included) and for torch's own:
+
+    * torch.optim.AdamW, and Adam, NAdam, RAdam with ``decoupled_weight_decay=True``: f = lr * weight_decay;
+    * torch.optim.Adafactor and Muon (their decay is theta *= 1 - lr * weight_decay, whatever the update's
+      own step size): f = lr * weight_decay;
+    * torch.optim.ASGD: weight_decay is L2; its ``lambd`` decays theta *= 1 - lambd * eta, with eta its own
+      step size (kept per parameter: this reads the group's first parameter with state, else lr);
+    * SGD, Adam, NAdam, RAdam, Adamax, RMSprop, Adagrad, Adadelta: ``weight_decay`` is an L2 penalty;
+    * Rprop, SparseAdam, LBFGS: no weight decay (0).
+
+    An L2 penalty (decay="l2", or torch's L2 ``weight_decay``) has no per-step factor, since it goes through the
+    gradient and, for adaptive methods, the preconditioner: its entry is None.
 
     Example:
         >>> import torch, decoupled
@@ -124,13 +132,33 @@ def effective_decay(optimizer: Optimizer) -> list[float | None]:
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"effective_decay() takes a torch.optim.Optimizer, got {type(optimizer).__name__}")
     factors: list[float | None] = []
+    lr_coupled = tuple(
+        getattr(torch.optim, name) for name in ("AdamW", "Adafactor", "Muon") if hasattr(torch.optim, name)
+    )
     for group in optimizer.param_groups:
-        weight_decay = group.get("weight_decay", 0.0)
+        weight_decay = float(group.get("weight_decay", 0.0))
         if "decay" in group:
             terms = group_decay_terms(group)
             factors.append(None if group["decay"] == "l2" and weight_decay else terms.factor)
-        elif group.get("decoupled_weight_decay") or isinstance(optimizer, torch.optim.AdamW):
+        elif "decoupled_weight_decay" in group:
+            factors.append(float(group["lr"]) * weight_decay if group["decoupled_weight_decay"] else _l2(weight_decay))
+        elif isinstance(optimizer, lr_coupled):
             factors.append(float(group["lr"]) * weight_decay)
+        elif isinstance(optimizer, torch.optim.ASGD) and not weight_decay:
+            factors.append(float(group["lambd"]) * _asgd_eta(optimizer, group))
         else:
-            factors.append(None if weight_decay else 0.0)
+            factors.append(_l2(weight_decay))
     return factors
+
+
+def _l2(weight_decay: float) -> float | None:
+    return None if weight_decay else 0.0
+
+
+def _asgd_eta(optimizer: Optimizer, group: dict[str, Any]) -> float:
+    """The step size eta ASGD's next step uses (its decay is theta *= 1 - lambd * eta): the state's, else lr."""
+    for param in group["params"]:
+        eta = optimizer.state.get(param, {}).get("eta")
+        if eta is not None:
+            return float(eta)
+    return float(group["lr"])

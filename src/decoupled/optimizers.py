@@ -10,9 +10,11 @@ Reference: I. Loshchilov and F. Hutter, "Decoupled Weight Decay Regularization",
 
 from __future__ import annotations
 
+import copyreg
 import functools
 import inspect
 import sys
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
@@ -20,6 +22,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import kernels
+from .kernels.layout import is_dense
 from ._validation import (
     KernelChoiceError,
     check_beta,
@@ -28,7 +31,7 @@ from ._validation import (
     check_nonnegative,
     check_unit_interval,
 )
-from .conventions import check_decay, decay_terms, group_decay_terms
+from .conventions import DECAY_CONVENTIONS, check_decay, decay_terms, group_decay_terms
 
 __all__ = ["AdamW", "SGDW", "decouple"]
 
@@ -52,6 +55,56 @@ def _check_decay_keys(group: dict[str, Any]) -> None:
     check_nonnegative("weight_decay", group["weight_decay"])
     check_decay(group["decay"])
     group_decay_terms(group)  # refuses decoupled decay in a group built with lr=0
+
+
+def _foreign_decay(group: dict[str, Any]) -> str | None:
+    """The convention of a torch optimizer's group's weight_decay (None when its keys do not tell).
+
+    torch's Adam, AdamW, NAdam and RAdam say it with ``decoupled_weight_decay`` (True: theta *= 1 - lr_t wd, this
+    package's "lr"; False: L2); torch.optim.SGD (momentum and dampening keys) knows only L2.
+    """
+    flag = group.get("decoupled_weight_decay")
+    if isinstance(flag, bool):
+        return "lr" if flag else "l2"
+    if "momentum" in group and "dampening" in group:
+        return "l2"
+    return None
+
+
+def _adopt_foreign_decay(group: dict[str, Any], target: str) -> str:
+    """Give a group loaded from a torch optimizer's checkpoint the convention that continues that run exactly.
+
+    ``group["decay"]`` already holds the loading optimizer's default ``target``. Returns what was done ("" when
+    nothing changes): torch's lr-coupled decay w becomes the paper's w * base_lr under "decoupled" (the same
+    factor lr_t * w at every step of any schedule); any other mismatch keeps the checkpoint's own convention in
+    that group. Raises a ValueError when the convention cannot be told from the group's keys.
+    """
+    weight_decay = group["weight_decay"]
+    source = _foreign_decay(group)
+    if weight_decay == 0 or source == target:
+        group["decay"] = target
+        return ""
+    if source is None:
+        if target == "lr":  # a torch.optim.AdamW checkpoint of a torch without the flag: as before
+            return ""
+        raise ValueError(
+            f"cannot tell the weight-decay convention of a loaded param group with weight_decay={weight_decay!r} "
+            "and no 'decay' or 'decoupled_weight_decay' key; set group['decay'] in the state_dict's param_groups "
+            f"to the convention it was trained with ({', '.join(map(repr, DECAY_CONVENTIONS))}) before loading"
+        )
+    base_lr = float(_scalar("base_lr", group["base_lr"]))  # a Tensor lr (torch's capturable runs) as a number
+    if source == "lr" and target == "decoupled" and base_lr > 0:
+        group["weight_decay"] = weight_decay * base_lr
+        return (
+            f"torch's lr-coupled weight_decay={weight_decay!r} converted to decay='decoupled' "
+            f"weight_decay={group['weight_decay']!r} (= weight_decay * base_lr {base_lr!r}: the same decay at every "
+            "step)"
+        )
+    group["decay"] = source
+    return (
+        f"keeps the checkpoint's convention decay={source!r} with weight_decay={weight_decay!r} (this optimizer "
+        f"was built with decay={target!r}, which no weight decay converts to exactly)"
+    )
 
 
 class _DecayGroups:
@@ -84,12 +137,26 @@ class _DecayGroups:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]
-        for group in self.param_groups:  # type: ignore[attr-defined]
+        notes = []
+        for index, group in enumerate(self.param_groups):  # type: ignore[attr-defined]
+            foreign = "decay" not in group  # every group of this package carries its convention
+            own_weight_decay = "weight_decay" in group
             for key, value in self.defaults.items():  # type: ignore[attr-defined]
                 if key != "differentiable":  # torch's base __setstate__ adds it to the defaults, not a group key
                     group.setdefault(key, value)
             # A torch checkpoint whose scheduler recorded initial_lr knows the lr it was built with.
             group.setdefault("base_lr", group.get("initial_lr", group["lr"]))
+            if foreign and own_weight_decay:
+                note = _adopt_foreign_decay(group, self.defaults["decay"])  # type: ignore[attr-defined]
+                if note:
+                    notes.append(f"param group {index}: {note}")
+        if notes:
+            warnings.warn(
+                "loaded a state_dict of an optimizer outside this package (its groups have no 'decay'): "
+                + "; ".join(notes),
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 class _Optimizer(_DecayGroups, Optimizer):
@@ -502,97 +569,343 @@ class SGDW(_Optimizer):
         kernels.sgd(params, grads, buffers, lr=lr, **hyper)
 
 
+# How the ``weight_decay`` of torch's own optimizers acts, keyed by the class that defines ``step``. decouple()
+# hands its decay to the inner step where that is exact (no second pass over memory) and decays first elsewhere.
+_FLAG = "decoupled_weight_decay"  # the group's decoupled_weight_decay: True theta *= 1 - lr wd, False g += wd theta
+_LR_COUPLED = "lr-coupled"  # theta *= 1 - lr wd before the update, always (Muon, Adafactor; AdamW before torch 2.7)
+_L2 = "l2"  # g += wd theta, after maximize's negation (SGD, RMSprop, Adagrad, ...)
+
+
+def _torch_classes(*names: str) -> tuple[type, ...]:
+    return tuple(getattr(torch.optim, name) for name in names if hasattr(torch.optim, name))
+
+
+_INNER_DECAY_KINDS: dict[type, str] = {
+    **dict.fromkeys(_torch_classes("Adam", "NAdam", "RAdam"), _FLAG),
+    **dict.fromkeys(_torch_classes("AdamW", "Muon", "Adafactor"), _LR_COUPLED),
+    **dict.fromkeys(_torch_classes("SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "ASGD"), _L2),
+}
+# torch's optimizers that raise on a sparse gradient (SGD, Adagrad and SparseAdam take them): decouple() refuses
+# those gradients before it touches anything, so that a refused step leaves the parameters as they were.
+_REFUSE_SPARSE: tuple[type, ...] = _torch_classes(
+    "Adam", "AdamW", "NAdam", "RAdam", "RMSprop", "Adadelta", "Adamax", "ASGD", "Rprop", "Muon", "Adafactor"
+)
+# The wrapper torch.optim.Optimizer puts around a class's step the first time the class is built (it runs the
+# step hooks); decouple() calls the inner step without it, so that hooks run once, around the whole step.
+_HOOKED_STEP_CODE = Optimizer.profile_hook_step(lambda *args, **kwargs: None).__code__
+
+
+def _without_step_hooks(step: Callable[..., Any]) -> Callable[..., Any]:
+    while getattr(step, "__code__", None) is _HOOKED_STEP_CODE:
+        step = step.__wrapped__  # type: ignore[attr-defined]
+    return step
+
+
+def _step_owner(optimizer_cls: type) -> type:
+    return next(cls for cls in optimizer_cls.__mro__ if "step" in cls.__dict__)
+
+
+def _inner_decay_kind(optimizer_cls: type, signature: inspect.Signature) -> str | None:
+    """How the inner optimizer's own weight_decay acts, if decouple() knows it (None: unknown or absent)."""
+    if "weight_decay" not in signature.parameters:
+        return None
+    owner = _step_owner(optimizer_cls)
+    kind = _INNER_DECAY_KINDS.get(owner)
+    if kind == _FLAG and "decoupled_weight_decay" not in inspect.signature(owner.__init__).parameters:
+        return _L2  # an older torch, whose Adam's weight_decay was L2 only (its AdamW had a step of its own)
+    return kind
+
+
+def _param_tensors(params: list[Any]) -> list[Tensor] | None:
+    """The tensors of an optimizer's ``params`` argument (tensors, (name, tensor) pairs or group dicts), or None
+    when it holds something else. Groups' ``params`` are made lists in place, as torch's add_param_group does."""
+    tensors: list[Tensor] = []
+    for item in params:
+        if isinstance(item, dict):
+            members = item.get("params", [])
+            members = [members] if isinstance(members, Tensor) else list(members)
+            item["params"] = members
+            tensors += [m[1] if isinstance(m, tuple) else m for m in members]
+        else:
+            tensors.append(item[1] if isinstance(item, tuple) else item)
+    return tensors if all(isinstance(t, Tensor) for t in tensors) else None
+
+
+def _fused_accepts(tensors: list[Tensor]) -> bool:
+    """Whether torch's fused Adam takes every tensor: plain floating-point tensors on a fused device."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    devices = _get_fused_kernels_supported_devices()
+    return bool(tensors) and all(
+        type(t) in _PLAIN_TENSOR_TYPES and t.device.type in devices and torch.is_floating_point(t) for t in tensors
+    )
+
+
+_ADAM_STATE_TENSORS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _fused_layouts_agree(optimizer: Any, params: list[Tensor]) -> bool:
+    """Whether torch's fused Adam, which walks raw memory, may take these parameters with their gradients and Adam
+    state: one dense layout for each parameter's tensors. A parameter whose state was found to agree is
+    remembered with its strides (until load_state_dict), so a step checks only the gradients' strides."""
+    known: dict[int, tuple[int, ...]] = optimizer.__dict__.setdefault("_dense_layouts", {})
+    for param in params:
+        stride = param.stride()
+        if param.grad.stride() != stride:  # type: ignore[union-attr]
+            return False
+        if known.get(id(param)) == stride:
+            continue
+        if not is_dense(param):
+            return False
+        state = optimizer.state.get(param)
+        if state:
+            if any(t is not None and t.stride() != stride for t in map(state.get, _ADAM_STATE_TENSORS)):
+                return False
+            known[id(param)] = stride
+    return True
+
+
+class _DecoupledType(type):
+    """The type of decouple()'s classes: a class pickles as ``decouple(inner)``, so its instances pickle whole."""
+
+    _inner_cls: type[Optimizer]
+
+
+def _reduce_decoupled_class(cls: _DecoupledType) -> tuple[Any, tuple[type[Optimizer]]]:
+    return decouple, (cls._inner_cls,)
+
+
+_METACLASSES: dict[type, type] = {type: _DecoupledType}
+_DECOUPLED_CLASSES: dict[type, type] = {}
+copyreg.pickle(_DecoupledType, _reduce_decoupled_class)  # type: ignore[arg-type]
+
+
+def _metaclass_for(optimizer_cls: type) -> type:
+    base = type(optimizer_cls)
+    if base not in _METACLASSES:  # the inner class has a metaclass of its own (e.g. abc.ABCMeta)
+        _METACLASSES[base] = type(f"_Decoupled{base.__name__}", (_DecoupledType, base), {})
+        copyreg.pickle(_METACLASSES[base], _reduce_decoupled_class)  # type: ignore[arg-type]
+    return _METACLASSES[base]
+
+
+class _GroupSettings:
+    """Group keys set for the inner step only (its weight decay, its decoupled flag, its fused flag), and restored
+    afterwards whatever happens."""
+
+    def __init__(self) -> None:
+        self.saved: list[tuple[dict[str, Any], str, bool, Any]] = []
+
+    def set(self, group: dict[str, Any], key: str, value: Any) -> None:
+        self.saved.append((group, key, key in group, group.get(key)))
+        group[key] = value
+
+    def restore(self) -> None:
+        for group, key, present, value in reversed(self.saved):
+            if present:
+                group[key] = value
+            else:
+                group.pop(key, None)
+        self.saved.clear()
+
+
 def decouple(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
     """Make any torch.optim.Optimizer subclass apply its ``weight_decay`` decoupled from the gradient.
 
-    The returned subclass takes the same arguments plus ``decay`` (default "decoupled"). Its ``weight_decay``
-    is removed from the inner optimizer (which is built with weight_decay=0), and each step first applies
-    ``theta *= 1 - factor`` to every parameter that has a gradient (factor = eta_t * weight_decay for
-    "decoupled", lr_t * weight_decay for "lr", weight_decay for "constant"), then the inner step. With
-    decay="l2" the inner step sees the gradient g + weight_decay * theta instead (p.grad itself is restored).
+    The returned subclass takes the inner optimizer's arguments plus ``decay`` (default "decoupled"); its
+    ``weight_decay`` is this package's (the paper's units for "decoupled": the per-step decay at eta_t = 1) and
+    defaults to 0, whatever the inner optimizer's own default. Each step applies, to every parameter that has a
+    gradient::
+
+        theta_t = (1 - factor) theta_{t-1} - inner update       (factor from decoupled.conventions.decay_terms:
+                                                                 eta_t weight_decay for "decoupled", ...)
+
+    and with decay="l2" the inner update sees the gradient g + weight_decay * theta_{t-1} instead (p.grad itself
+    is left as it was). The decay takes theta_{t-1}, as in Algorithms 1-2 of Loshchilov & Hutter (ICLR 2019).
+
+    How it runs: where the inner optimizer applies a weight decay of its own that can carry the factor exactly,
+    the decay is handed to the inner step, so that it costs no second pass over memory: torch's Adam, NAdam and
+    RAdam (``decoupled_weight_decay=True`` with weight_decay = factor / lr_t, every kernel path of theirs),
+    Muon and Adafactor (whose own decay is theta *= 1 - lr_t wd), and, for "l2", the inner optimizer's own L2
+    term (SGD, RMSprop, Adagrad, ...). Everywhere else (and at lr_t = 0) the parameters are decayed in one
+    multiply before the inner step. decouple(torch.optim.Adam) built without ``foreach``/``fused`` runs torch's
+    fused Adam kernel when torch accepts every parameter for it (floating point, on a fused device), falling back
+    for a step to torch's default path for a group whose tensors do not share one dense memory layout.
+
+    Guarantees: the class is the same object for the same ``optimizer_cls`` and pickles by reference, so its
+    instances pickle and ``torch.save`` whole; step hooks (the optimizer's and torch's global ones) run once per
+    step; a step that raises (a sparse gradient for an optimizer that refuses them is refused before anything is
+    touched) leaves the parameters undecayed. ``cautious=True`` is refused: cautious decay masks the decay by the
+    sign of the inner update direction, which a wrapper around any optimizer does not see (use decoupled.AdamW
+    or SGDW). A closure, when given, is evaluated once before the decay (optimizers that re-evaluate it, like
+    LBFGS, are not supported).
 
     Example:
         >>> import torch, decoupled
         >>> RMSpropW = decoupled.decouple(torch.optim.RMSprop)
         >>> opt = RMSpropW(torch.nn.Linear(4, 2).parameters(), lr=1e-2, weight_decay=1e-4)
-
-    A closure, when given, is evaluated once before the decay (optimizers that re-evaluate it, like LBFGS,
-    are not supported). The decay takes the parameter values before the inner step (theta_{t-1}), as in
-    Algorithms 1-2 of Loshchilov & Hutter (ICLR 2019).
+        >>> MuonW = decoupled.decouple(torch.optim.Muon)  # Muon with weight decay independent of its lr
+        >>> opt = MuonW([torch.nn.Parameter(torch.randn(4, 4))], lr=0.02, weight_decay=1e-4)
     """
     if isinstance(optimizer_cls, Optimizer):
         name = type(optimizer_cls).__name__
         raise TypeError(f"decouple() takes an optimizer class, not an instance: use decouple({name}), got a {name}")
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, Optimizer)):
         raise TypeError(f"decouple() takes a torch.optim.Optimizer subclass, got {optimizer_cls!r}")
+    if isinstance(optimizer_cls, _DecoupledType):
+        return optimizer_cls  # already decoupled
     if issubclass(optimizer_cls, torch.optim.LBFGS):
         raise TypeError("decouple() does not support LBFGS: it re-evaluates the closure within one step")
+    if optimizer_cls not in _DECOUPLED_CLASSES:
+        _DECOUPLED_CLASSES[optimizer_cls] = _make_decoupled(optimizer_cls)
+    return _DECOUPLED_CLASSES[optimizer_cls]
+
+
+def _make_decoupled(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
     signature = inspect.signature(optimizer_cls.__init__)
     inner_has_weight_decay = "weight_decay" in signature.parameters
+    inner_has_cautious = "cautious" in signature.parameters
+    kind = _inner_decay_kind(optimizer_cls, signature)
+    refuses_sparse = _step_owner(optimizer_cls) in _REFUSE_SPARSE
+    # torch's fused Adam (the Adam family only: torch 2.13's fused CPU SGD drops bf16 updates).
+    may_fuse = kind == _FLAG and "fused" in signature.parameters and "foreach" in signature.parameters
 
-    class Decoupled(_DecayGroups, optimizer_cls):  # type: ignore[valid-type, misc]
-        __doc__ = (
-            f"{optimizer_cls.__name__} with decoupled weight decay (made by decoupled.decouple).\n\n{decouple.__doc__}"
-        )
+    def __init__(self: Any, params: ParamsT, *args: Any, decay: str = "decoupled", **kwargs: Any) -> None:
+        cautious = False if inner_has_cautious else kwargs.pop("cautious", False)
+        if cautious is not False:
+            raise ValueError(
+                f"{type(self).__name__}: decouple() does not support cautious={cautious!r}: cautious weight decay "
+                "decays only the coordinates where the update direction and the parameter share a sign, and a "
+                "wrapper around any optimizer does not see that direction; use decoupled.AdamW or decoupled.SGDW"
+            )
+        weight_decay = kwargs.pop("weight_decay", None) if not inner_has_weight_decay else None
+        if may_fuse and not isinstance(params, Tensor):
+            params = list(params)  # looked at twice: here, and by the inner constructor
+        try:
+            bound = signature.bind(self, params, *args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{type(self).__name__}: {error}") from None
+        if inner_has_weight_decay:
+            weight_decay = bound.arguments.get("weight_decay")
+            bound.arguments["weight_decay"] = 0.0  # the inner optimizer's own decay is off but when a step sets it
+        weight_decay = 0.0 if weight_decay is None else weight_decay
+        check_nonnegative("weight_decay", weight_decay)
+        check_decay(decay)
+        self._decay_defaults = {"weight_decay": weight_decay, "decay": decay}
+        self._auto_fused = may_fuse and _may_auto_fuse(bound.arguments, params)
+        if self._auto_fused:
+            bound.arguments["fused"] = True
+        optimizer_cls.__init__(self, *bound.args[1:], **bound.kwargs)
+        self.defaults.update(self._decay_defaults)
+        # GradScaler must unscale and skip whole steps itself: a skipped step must not decay either.
+        self._step_supports_amp_scaling = False
 
-        def __init__(self, params: ParamsT, *args: Any, decay: str = "decoupled", **kwargs: Any) -> None:
-            weight_decay = kwargs.pop("weight_decay", None) if not inner_has_weight_decay else None
-            try:
-                bound = signature.bind(self, params, *args, **kwargs)
-            except TypeError as error:
-                raise TypeError(f"{type(self).__name__}: {error}") from None
-            if inner_has_weight_decay:
-                weight_decay = bound.arguments.get("weight_decay")
-                bound.arguments["weight_decay"] = 0.0  # the inner optimizer must not decay (as L2 or otherwise)
-            weight_decay = 0.0 if weight_decay is None else weight_decay
-            check_nonnegative("weight_decay", weight_decay)
-            check_decay(decay)
-            self._decay_defaults = {"weight_decay": weight_decay, "decay": decay}
-            optimizer_cls.__init__(self, *bound.args[1:], **bound.kwargs)
-            self.defaults.update(self._decay_defaults)
-            # GradScaler must unscale and skip whole steps itself: a skipped step must not decay either.
-            self._step_supports_amp_scaling = False
+    def _check_group(self: Any, group: dict[str, Any]) -> None:
+        _check_decay_keys(group)
+        if not inner_has_cautious and group.get("cautious", False) is not False:
+            raise ValueError(
+                f"decouple() does not support cautious={group['cautious']!r} (see decoupled.decouple); "
+                "use decoupled.AdamW or decoupled.SGDW"
+            )
 
-        @_eager_under_compile
-        def step(self, closure: Callable[[], Any] | None = None) -> Any:
-            loss = _evaluate(closure)
-            saved_grads: list[tuple[Tensor, Tensor]] = []
+    def __getstate__(self: Any) -> dict[str, Any]:
+        return dict(optimizer_cls.__getstate__(self), _auto_fused=getattr(self, "_auto_fused", False))
+
+    def load_state_dict(self: Any, state_dict: dict[str, Any]) -> None:
+        self.__dict__.pop("_dense_layouts", None)  # the loaded state's layouts are checked afresh
+        optimizer_cls.load_state_dict(self, state_dict)
+
+    @_eager_under_compile
+    def step(self: Any, closure: Callable[[], Any] | None = None) -> Any:
+        loss = _evaluate(closure)
+        groups = self.param_groups
+        with_grad = [[p for p in group["params"] if p.grad is not None] for group in groups]
+        if refuses_sparse:
+            _refuse_sparse(type(self).__name__, optimizer_cls.__name__, groups)
+        settings = _GroupSettings()
+        decayed: list[tuple[list[Tensor], float]] = []  # decayed here, before the inner step
+        saved_grads: list[tuple[Tensor, Tensor]] = []
+        try:
             with torch.no_grad():
-                for group in self.param_groups:
-                    params = [p for p in group["params"] if p.grad is not None]
-                    if not params:
-                        continue
-                    terms = group_decay_terms(group)
-                    kernels.decay_([_local(p) for p in params], terms.factor)
-                    if terms.l2 != 0:
-                        for p in params:
-                            saved_grads.append((p, p.grad))
-                            p.grad = p.grad.add(p, alpha=terms.l2)
-            try:
-                with _inner_weight_decay_off(self.param_groups):
-                    inner_loss = optimizer_cls.step(self, None)
-            finally:
-                for p, grad in saved_grads:
-                    p.grad = grad
-            return loss if closure is not None else inner_loss
+                for group, params in zip(groups, with_grad):
+                    _hand_over_decay(self, group, params, kind, settings, decayed, saved_grads)
+            inner_loss = _without_step_hooks(optimizer_cls.step)(self, None)
+        except BaseException:
+            with torch.no_grad():
+                for params, factor in decayed:  # the inner step raised: undo this step's decay
+                    for p in params:
+                        p.div_(1 - factor)
+            raise
+        finally:
+            for p, grad in saved_grads:
+                p.grad = grad
+            settings.restore()
+        return loss if closure is not None else inner_loss
 
-    Decoupled.__name__ = Decoupled.__qualname__ = f"Decoupled{optimizer_cls.__name__}"
-    Decoupled.__module__ = __name__
-    return Decoupled
+    name = f"Decoupled{optimizer_cls.__name__}"
+    namespace = {
+        "__init__": __init__, "_check_group": _check_group, "__getstate__": __getstate__,
+        "load_state_dict": load_state_dict, "step": step,
+        "__module__": __name__, "__qualname__": name, "_inner_cls": optimizer_cls,
+        "__doc__": f"{optimizer_cls.__name__} with decoupled weight decay (made by decoupled.decouple).\n\n"
+        f"{decouple.__doc__}",
+    }  # fmt: skip
+    metaclass = _metaclass_for(optimizer_cls)
+    return metaclass(name, (_DecayGroups, optimizer_cls), namespace)  # type: ignore[no-any-return]
 
 
-class _inner_weight_decay_off:
-    """Hide the groups' weight_decay from the inner optimizer's step (it applies it as L2 otherwise)."""
+def _may_auto_fuse(arguments: dict[str, Any], params: Any) -> bool:
+    """Whether a decouple(Adam) built without foreach/fused takes torch's fused kernel: every tensor qualifies."""
+    if arguments.get("foreach") is not None or arguments.get("fused") is not None:
+        return False
+    if arguments.get("differentiable") or arguments.get("capturable") or isinstance(arguments.get("lr"), Tensor):
+        return False
+    tensors = [params] if isinstance(params, Tensor) else _param_tensors(params)
+    return tensors is not None and _fused_accepts(tensors)
 
-    def __init__(self, groups: list[dict[str, Any]]) -> None:
-        self.groups = groups
-        self.saved: list[Any] = []
 
-    def __enter__(self) -> None:
-        self.saved = [group.get("weight_decay") for group in self.groups]
-        for group in self.groups:
-            group["weight_decay"] = 0.0
+def _refuse_sparse(name: str, inner_name: str, groups: list[dict[str, Any]]) -> None:
+    for group_index, group in enumerate(groups):
+        for index, param in enumerate(group["params"]):
+            if param.grad is not None and param.grad.is_sparse:
+                raise RuntimeError(
+                    f"{name}: {inner_name} does not support sparse gradients (param group {group_index}, parameter "
+                    f"{index} of shape {tuple(param.shape)}); nothing was updated. Use dense gradients, e.g. "
+                    "nn.Embedding(sparse=False), or torch.optim.SparseAdam"
+                )
 
-    def __exit__(self, *exc: object) -> None:
-        for group, value in zip(self.groups, self.saved):
-            group["weight_decay"] = value
+
+def _hand_over_decay(
+    optimizer: Any,
+    group: dict[str, Any],
+    params: list[Tensor],
+    kind: str | None,
+    settings: _GroupSettings,
+    decayed: list[tuple[list[Tensor], float]],
+    saved_grads: list[tuple[Tensor, Tensor]],
+) -> None:
+    """Give one group's decay of this step to the inner optimizer where it can apply it exactly, else apply it."""
+    terms = group_decay_terms(group) if params else None
+    settings.set(group, "weight_decay", 0.0)  # the inner optimizer's own decay stays off unless set below
+    if terms is None:
+        return
+    lr = group["lr"]
+    if kind == _FLAG:
+        settings.set(group, "decoupled_weight_decay", terms.l2 == 0)
+    if terms.l2 != 0:
+        if kind in (_FLAG, _L2):
+            settings.set(group, "weight_decay", terms.l2)  # the inner optimizer's own L2 term: g + l2 theta
+        else:
+            sign = -1.0 if group.get("maximize", False) else 1.0  # the inner step negates g when maximizing
+            for p in params:
+                saved_grads.append((p, p.grad))  # type: ignore[arg-type]
+                p.grad = p.grad.add(p, alpha=sign * terms.l2)  # type: ignore[union-attr]
+    elif terms.factor != 0:
+        if kind in (_FLAG, _LR_COUPLED) and isinstance(lr, (float, int)) and lr != 0:
+            settings.set(group, "weight_decay", terms.factor / lr)  # the inner step's theta *= 1 - lr_t * wd
+        else:
+            local = [_local(p) for p in params]
+            kernels.decay_(local, terms.factor)
+            decayed.append((local, terms.factor))
+    if optimizer._auto_fused and group.get("fused"):
+        if not _fused_layouts_agree(optimizer, params):
+            settings.set(group, "fused", False)  # torch's fused kernel walks raw memory: take its default path

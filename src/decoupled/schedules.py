@@ -14,12 +14,14 @@ training set size and T the epochs of the run, or, with warm restarts, of the cu
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from numbers import Integral, Real
+from typing import Any, NamedTuple
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from ._validation import check_nonnegative
+from ._validation import check_nonnegative, check_positive, check_positive_int
 
 __all__ = [
     "CosineWarmRestarts",
@@ -38,8 +40,7 @@ def normalized_weight_decay(lambda_norm: float, batch_size: int, dataset_size: i
     """
     check_nonnegative("lambda_norm", lambda_norm)
     for name, value in (("batch_size", batch_size), ("dataset_size", dataset_size), ("epochs", epochs)):
-        if check_nonnegative(name, value) == 0:
-            raise ValueError(f"{name} must be > 0, got {value!r}")
+        check_positive(name, value)
     return lambda_norm * math.sqrt(batch_size / (dataset_size * epochs))
 
 
@@ -62,7 +63,13 @@ def restart_position(step: int, steps_per_epoch: int, first_period: float, perio
     >>> restart_position(50, steps_per_epoch=2, first_period=10, period_mult=2)  # periods of 20, 40, 80 batches
     RestartPosition(restart=1, t_cur=15.0, t_i=20.0)
     """
-    period = float(first_period)
+    if isinstance(step, bool) or not isinstance(step, Integral) or step < 0:
+        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+    steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch)
+    period = check_positive("first_period", first_period)
+    if check_positive("period_mult", period_mult) < 1:
+        raise ValueError(f"period_mult must be >= 1, got {period_mult!r}")
+    step = int(step)
     batches = _batches(period, steps_per_epoch)
     if period_mult == 1:
         restart, into = divmod(step, batches)
@@ -108,8 +115,9 @@ class CosineWarmRestarts(LRScheduler):
         steps_per_epoch: batches per epoch; ``step()`` is called once per batch.
         period_mult: T_mult >= 1, the factor by which each period is longer than the last.
         eta_min, eta_max: the multiplier's range, 0 <= eta_min <= eta_max.
-        weight_decay_norm: lambda_norm (float or a sequence with one per group), or None to leave
-            weight decay alone.
+        weight_decay_norm: lambda_norm (a number, or a sequence with one per group), or None to leave
+            weight decay alone. One number leaves the groups built with weight_decay=0 (the no-decay group of
+            :func:`decoupled.param_groups`: biases, norms) at 0 when another group decays.
 
     Example:
         >>> import torch, decoupled
@@ -134,10 +142,8 @@ class CosineWarmRestarts(LRScheduler):
         weight_decay_norm: float | Sequence[float] | None = None,
         last_epoch: int = -1,
     ) -> None:
-        if check_nonnegative("first_period", first_period) == 0:
-            raise ValueError(f"first_period must be > 0, got {first_period!r}")
-        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be an integer >= 1, got {steps_per_epoch!r}")
+        check_positive("first_period", first_period)
+        steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch)
         if check_nonnegative("period_mult", period_mult) < 1:
             raise ValueError(f"period_mult must be >= 1, got {period_mult!r}")
         check_nonnegative("eta_min", eta_min)
@@ -153,13 +159,22 @@ class CosineWarmRestarts(LRScheduler):
 
     @staticmethod
     def _per_group(optimizer: Optimizer, value: float | Sequence[float] | None) -> list[float] | None:
+        """One lambda_norm per group. One number goes to every group, except that groups built with
+        weight_decay=0 (the no-decay group of :func:`decoupled.param_groups`: biases, norms) stay at 0 while
+        another group decays; a sequence gives each group its own value."""
         if value is None:
             return None
-        groups = len(optimizer.param_groups)
-        values = list(value) if isinstance(value, Sequence) else [value] * groups
-        if len(values) != groups:
-            raise ValueError(f"weight_decay_norm has {len(values)} values for {groups} param groups")
-        return [check_nonnegative("weight_decay_norm", v) for v in values]
+        groups = optimizer.param_groups
+        if isinstance(value, Real) or not isinstance(value, Iterable) or isinstance(value, (str, bytes)):
+            number = check_nonnegative("weight_decay_norm", value)
+            undecayed = [group.get("weight_decay", 0) == 0 for group in groups]
+            if all(undecayed):  # nothing decays yet: the scheduler's decay is the only one
+                undecayed = [False] * len(groups)
+            return [0.0 if skip else number for skip in undecayed]
+        values = list(value)
+        if len(values) != len(groups):
+            raise ValueError(f"weight_decay_norm has {len(values)} values for {len(groups)} param groups")
+        return [check_nonnegative(f"weight_decay_norm[{i}]", v) for i, v in enumerate(values)]
 
     def position(self) -> RestartPosition:
         """The restart period, T_cur and T_i (in epochs) of the current step."""
