@@ -64,9 +64,13 @@ SGD_LR, SGD_MOMENTUM, SGD_WD = 0.1, 0.9, 5e-4
 # The same decay in each convention where one exists: torch's AdamW(lr=1e-3, weight_decay=1e-2) decays
 # 1e-5 per step; "l2" gets the coefficient the same code would be given in torch.optim.Adam/SGD.
 OUR_WD = {
-    "adam": {"decoupled": ADAM_LR * ADAM_WD_TORCH, "lr": ADAM_WD_TORCH, "constant": ADAM_LR * ADAM_WD_TORCH, "l2": 1e-4},
-    "sgd": {"decoupled": SGD_LR * SGD_WD, "lr": SGD_WD, "constant": SGD_LR * SGD_WD, "l2": SGD_WD},
-}
+    "adam": {"decoupled": ADAM_LR * ADAM_WD_TORCH, "lr": ADAM_WD_TORCH, "constant": ADAM_LR * ADAM_WD_TORCH,
+             "corrected": ADAM_LR * ADAM_WD_TORCH, "l2": 1e-4},
+    "sgd": {"decoupled": SGD_LR * SGD_WD, "lr": SGD_WD, "constant": SGD_LR * SGD_WD, "corrected": SGD_LR * SGD_WD,
+            "l2": SGD_WD},
+}  # fmt: skip
+# Cautious weight decay is timed with these conventions (the mask is the same code under every one of them).
+CAUTIOUS_DECAYS = ("decoupled", "corrected")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -94,11 +98,13 @@ def _paths(family: str, device: str) -> list[tuple[str, dict[str, Any], Callable
         ("auto", {}, contextlib.nullcontext, ""),
         ("fused", {"fused": True}, contextlib.nullcontext, ""),
     ]
-    if family == "sgd":
-        native_skip = "" if _native.available() else f"native kernel unavailable: {_native.unavailable_reason()}"
-        if device == "cpu":
-            paths[1] = ("fused-native", {"fused": True}, contextlib.nullcontext, native_skip)
-            paths.append(("fused-torch", {"fused": True}, _native.bypassed, ""))
+    native_skip = "" if _native.available() else f"native kernel unavailable: {_native.unavailable_reason()}"
+    if family == "sgd" and device == "cpu":
+        paths[1] = ("fused-native", {"fused": True}, contextlib.nullcontext, native_skip)
+        paths.append(("fused-torch", {"fused": True}, _native.bypassed, ""))
+    if family == "adam" and device == "cpu":  # fused: native for cautious and bf16, torch's kernel otherwise
+        paths.append(("fused-native", {"fused": True}, _native.forced, native_skip))
+        paths.append(("fused-torch", {"fused": True}, _native.bypassed, ""))
     paths += [("foreach", {"foreach": True}, contextlib.nullcontext, ""), ("forloop", {"foreach": False, "fused": False}, contextlib.nullcontext, "")]
     return paths
 
@@ -156,13 +162,15 @@ def implementations(device: str) -> list[Impl]:
         ("adam", decoupled.AdamW, {"lr": ADAM_LR}, 7, 2),
         ("sgd", decoupled.SGDW, {"lr": SGD_LR, "momentum": SGD_MOMENTUM}, 5, 1),
     ):
-        for decay in decoupled.DECAY_CONVENTIONS:
+        variants = [(decay, False) for decay in decoupled.DECAY_CONVENTIONS]
+        variants += [(decay, True) for decay in CAUTIOUS_DECAYS]
+        for decay, cautious in variants:
             for label, path_kwargs, wrap, skip in _paths(family, device):
                 wd = OUR_WD[family][decay]
+                options = dict(kwargs, weight_decay=wd, decay=decay, **path_kwargs, **({"cautious": True} if cautious else {}))
                 impls.append(Impl(
-                    f"{cls.__name__}[{decay}] {label}", family,
-                    lambda p, c=cls, k=dict(kwargs, weight_decay=wd, decay=decay, **path_kwargs): c(p, **k),
-                    tensors, state, wrap=wrap, skip=skip,
+                    f"{cls.__name__}[{decay}{',cautious' if cautious else ''}] {label}", family,
+                    lambda p, c=cls, k=options: c(p, **k), tensors, state, wrap=wrap, skip=skip,
                 ))  # fmt: skip
     AdamD, RMSpropD = decoupled.decouple(Adam), decoupled.decouple(RMSprop)
     impls += [
@@ -519,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     selected = [i for i in impls if i.baseline or pattern is None or pattern.search(i.name)]
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     log(f"machine: {machine_description(device)}")
-    log(f"native SGD kernel: {'available' if _native.available() else _native.unavailable_reason()}")
+    log(f"native kernels: {'available' if _native.available() else _native.unavailable_reason()}")
 
     results: list[Result] = []
     bandwidths: dict[str, float] = {}

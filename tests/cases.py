@@ -18,6 +18,7 @@ from device import TEST_DEVICE
 from reference import ReferenceAdam, ReferenceSGD
 
 DECAYS = DECAY_CONVENTIONS  # test_conventions pins the tuple itself
+DECOUPLED_DECAYS = tuple(decay for decay in DECAYS if decay != "l2")
 PATHS = {
     "default": {},
     "forloop": {"foreach": False, "fused": False},
@@ -35,6 +36,7 @@ class OptimizerCase:
     maximize: bool = False  # then the gradients are of -f, so that the run stays bounded
     scale_spread: float = 1.0  # gradient scales are 10 ** (spread * (i - 3)): Adam takes any, SGD needs lr*scale < 2
     base_lr: float = 0.02  # the lr of build_groups' group 0 (alpha); group 1 takes GROUP_HYPER's share of it
+    decays: tuple[str, ...] = DECAY_CONVENTIONS  # the conventions it takes (cautious decay refuses "l2")
 
 
 def _adamw(**options):
@@ -73,6 +75,49 @@ OPTIMIZER_CASES = [
     ),
     OptimizerCase(
         "SGDW-no-momentum", _sgdw(momentum=0.0), lambda: ReferenceSGD(momentum=0.0), (), scale_spread=1 / 3, base_lr=0.05
+    ),
+    OptimizerCase(
+        "AdamW-cautious",
+        _adamw(cautious=True),
+        lambda: ReferenceAdam(cautious=True),
+        ("step", "exp_avg", "exp_avg_sq"),
+        decays=DECOUPLED_DECAYS,
+    ),
+    OptimizerCase(
+        "AdamW-cautious-amsgrad-maximize",
+        _adamw(betas=(0.8, 0.99), eps=1e-6, amsgrad=True, maximize=True, cautious=True),
+        lambda: ReferenceAdam(betas=(0.8, 0.99), eps=1e-6, amsgrad=True, maximize=True, cautious=True),
+        ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+        maximize=True,
+        decays=DECOUPLED_DECAYS,
+    ),
+    OptimizerCase(
+        "SGDW-cautious",
+        _sgdw(momentum=0.9, cautious=True),
+        lambda: ReferenceSGD(momentum=0.9, cautious=True),
+        ("momentum_buffer",),
+        scale_spread=1 / 3,
+        base_lr=0.05,
+        decays=DECOUPLED_DECAYS,
+    ),
+    OptimizerCase(
+        "SGDW-cautious-nesterov-maximize",
+        _sgdw(momentum=0.8, nesterov=True, maximize=True, cautious=True),
+        lambda: ReferenceSGD(momentum=0.8, nesterov=True, maximize=True, cautious=True),
+        ("momentum_buffer",),
+        maximize=True,
+        scale_spread=1 / 3,
+        base_lr=0.05,
+        decays=DECOUPLED_DECAYS,
+    ),
+    OptimizerCase(
+        "SGDW-cautious-no-momentum",
+        _sgdw(momentum=0.0, cautious=True),
+        lambda: ReferenceSGD(momentum=0.0, cautious=True),
+        (),
+        scale_spread=1 / 3,
+        base_lr=0.05,
+        decays=DECOUPLED_DECAYS,
     ),
 ]
 
@@ -178,3 +223,8 @@ for _path, _options in PATHS.items():
         p, lr=0.1, momentum=0.9, weight_decay=0.05, **o
     )
 INTEGRATION_CASES["decouple(Adam)"] = lambda p: decoupled.decouple(torch.optim.Adam)(p, lr=1e-2, weight_decay=0.05)
+# Cautious decay on the default path (the native kernels on the CPU) and corrected decay.
+INTEGRATION_CASES["AdamW-cautious"] = lambda p: decoupled.AdamW(p, lr=1e-2, weight_decay=0.05, cautious=True)
+INTEGRATION_CASES["SGDW-cautious-corrected"] = lambda p: decoupled.SGDW(
+    p, lr=0.1, momentum=0.9, weight_decay=0.05, decay="corrected", cautious=True
+)

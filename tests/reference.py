@@ -8,7 +8,11 @@ Conventions for the decay of one step (PAPER.md, "The schedule multiplier and th
     decoupled: theta -= eta_t * lambda * theta_{t-1},  eta_t = lr_t / alpha
     lr:        theta -= lr_t * lambda * theta_{t-1}
     constant:  theta -= lambda * theta_{t-1}
+    corrected: theta -= eta_t^2 * lambda * theta_{t-1}        (Defazio et al. 2025, AdamC / SGDC)
     l2:        g_t += lambda * theta_{t-1}
+Cautious weight decay (Chen et al. 2025), for every convention but l2: the decay term is multiplied by
+1[u_t * theta_{t-1} >= 0], u_t the update direction (AdamW: mhat / (sqrt(vhat) + eps); SGDW: the vector
+subtracted, m_t or, with Nesterov, beta1 m_t + eta_t alpha g_t).
 Complex parameters are treated as pairs of reals, as torch.optim does.
 """
 
@@ -30,8 +34,14 @@ def decay_of_step(decay: str, lr: float, alpha: float, weight_decay: float) -> f
         "decoupled": schedule_multiplier(lr, alpha) * weight_decay,
         "lr": lr * weight_decay,
         "constant": weight_decay,
+        "corrected": schedule_multiplier(lr, alpha) ** 2 * weight_decay,
         "l2": 0.0,
     }[decay]
+
+
+def cautious_mask(update: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """1[u_t * theta_{t-1} >= 0], straight from the formula."""
+    return (update * theta >= 0).to(theta.dtype)
 
 
 def as_real(tensor: torch.Tensor) -> torch.Tensor:
@@ -49,9 +59,9 @@ class ReferenceAdam:
         theta_t = theta_{t-1} - eta_t * (alpha * mhat / (sqrt(vhat) + eps) + lambda * theta_{t-1})   (decoupled)
     """
 
-    def __init__(self, *, betas=(0.9, 0.999), eps=1e-8, amsgrad=False, maximize=False):
+    def __init__(self, *, betas=(0.9, 0.999), eps=1e-8, amsgrad=False, maximize=False, cautious=False):
         self.beta1, self.beta2 = betas
-        self.eps, self.amsgrad, self.maximize = eps, amsgrad, maximize
+        self.eps, self.amsgrad, self.maximize, self.cautious = eps, amsgrad, maximize, cautious
         self.state: dict[int, dict] = {}
 
     def step(self, key: int, theta: torch.Tensor, grad, *, lr, alpha, weight_decay, decay) -> torch.Tensor:
@@ -77,10 +87,11 @@ class ReferenceAdam:
         m_hat = state["exp_avg"] / (1 - self.beta1**t)
         v_hat = second / (1 - self.beta2**t)
         adam_direction = m_hat / (torch.sqrt(v_hat) + self.eps)
+        mask = cautious_mask(adam_direction, theta) if self.cautious else 1.0
         if decay == "decoupled":
             eta = schedule_multiplier(lr, alpha)
-            return theta - eta * (alpha * adam_direction + weight_decay * theta)
-        return theta - lr * adam_direction - decay_of_step(decay, lr, alpha, weight_decay) * theta
+            return theta - eta * (alpha * adam_direction + weight_decay * mask * theta)
+        return theta - lr * adam_direction - decay_of_step(decay, lr, alpha, weight_decay) * mask * theta
 
     def state_tensors(self, key: int) -> dict[str, torch.Tensor]:
         state = self.state.get(key)
@@ -101,8 +112,8 @@ class ReferenceSGD:
     Nesterov: the step is beta1 m_t + eta_t alpha g_t instead of m_t. Without momentum there is no buffer.
     """
 
-    def __init__(self, *, momentum=0.9, nesterov=False, maximize=False):
-        self.momentum, self.nesterov, self.maximize = momentum, nesterov, maximize
+    def __init__(self, *, momentum=0.9, nesterov=False, maximize=False, cautious=False):
+        self.momentum, self.nesterov, self.maximize, self.cautious = momentum, nesterov, maximize, cautious
         self.state: dict[int, dict] = {}
 
     def step(self, key: int, theta: torch.Tensor, grad, *, lr, alpha, weight_decay, decay) -> torch.Tensor:
@@ -121,9 +132,10 @@ class ReferenceSGD:
             state["momentum_buffer"] = self.momentum * state["momentum_buffer"] + scheduled_step * g
             m = state["momentum_buffer"]
             update = self.momentum * m + scheduled_step * g if self.nesterov else m
+        mask = cautious_mask(update, theta) if self.cautious else 1.0
         if decay == "decoupled":
-            return theta - update - eta * weight_decay * theta
-        return theta - update - decay_of_step(decay, lr, alpha, weight_decay) * theta
+            return theta - update - eta * weight_decay * mask * theta
+        return theta - update - decay_of_step(decay, lr, alpha, weight_decay) * mask * theta
 
     def state_tensors(self, key: int) -> dict[str, torch.Tensor]:
         state = self.state.get(key)

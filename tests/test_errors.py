@@ -23,7 +23,7 @@ def opt_sgdw(**kw):
 
 
 RMSpropW = decoupled.decouple(torch.optim.RMSprop)
-DECAY_NAMES = "'decoupled', 'lr', 'constant', 'l2'"
+DECAY_NAMES = "'decoupled', 'lr', 'constant', 'corrected', 'l2'"
 
 ERROR_CASES = [
     # (id, call, exception type, exact message)

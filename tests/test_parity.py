@@ -65,8 +65,11 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
 
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("decay", DECAYS)
-@pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "case, decay",
+    [(case, decay) for case in OPTIMIZER_CASES for decay in DECAYS if decay in case.decays],
+    ids=lambda value: value if isinstance(value, str) else value.name,
+)
 def test_matches_reference(case, decay, dtype, path):
     optimizer, params, reference, expected = run_against_reference(case, decay, dtype, PATHS[path])
     for index, param in enumerate(params):

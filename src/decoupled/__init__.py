@@ -15,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .conventions import DECAY_CONVENTIONS, convert_weight_decay
+    from .conventions import DECAY_CONVENTIONS, convert_weight_decay, decay_timescale, weight_decay_from_timescale
     from .groups import effective_decay, param_groups
     from .optimizers import SGDW, AdamW, decouple
     from .schedules import CosineWarmRestarts, normalized_weight_decay
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "DECAY_CONVENTIONS": "conventions",
     "convert_weight_decay": "conventions",
+    "decay_timescale": "conventions",
+    "weight_decay_from_timescale": "conventions",
     "effective_decay": "groups",
     "param_groups": "groups",
     "SGDW": "optimizers",
@@ -39,10 +41,12 @@ __all__ = [
     "CosineWarmRestarts",
     "SGDW",
     "convert_weight_decay",
+    "decay_timescale",
     "decouple",
     "effective_decay",
     "normalized_weight_decay",
     "param_groups",
+    "weight_decay_from_timescale",
 ]
 
 __version__ = "0.1.0"

@@ -94,7 +94,10 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     )
     what.add_argument("--preset", default="default", help="a preset's name: default, smoke, paper (default: default)")
     what.add_argument("--config", metavar="FILE", help="a TOML file layered over the preset (same keys as presets)")
-    what.add_argument("--optimizers", metavar="LIST", help="comma-separated subset of adam,adamw,sgd,sgdw")
+    what.add_argument(
+        "--optimizers", metavar="LIST",
+        help="comma-separated subset of adam,adamw,sgd,sgdw (default: the four) and adamw-cautious,sgdw-cautious,adamc",
+    )  # fmt: skip
     what.add_argument("--seeds", type=int, metavar="N", help="runs per cell (seeds 0..N-1)")
     what.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
     what.add_argument("--batch-size", type=int, metavar="N", help="examples per step")
@@ -137,6 +140,7 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run a plan past 10,000 runs or 1,000,000 generated examples (refused by default: likely a typo)",
     )
+    _add_weight_decay_axis_argument(how)
 
 
 def _number_list(flag: str, text: str) -> list[float]:
@@ -260,7 +264,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     for failure in summary.failed[:5]:
         print(f"  failed: {failure.task.describe()}: {failure.error}", file=sys.stderr)
     if not args.no_report:
-        code = _render(prog, out)
+        code = _render(prog, out, args.weight_decay_axis)
         if code != EXIT_OK:
             return code
     print(f"output folder: {out}")
@@ -276,7 +280,7 @@ def _resume_hint(out: Path | None) -> str:
     return f" (runs recorded so far are kept in {out}; the same command with --out {out} resumes)"
 
 
-def _render(prog: str, folder: Path | str) -> int:
+def _render(prog: str, folder: Path | str, weight_decay_unit: str = "lambda") -> int:
     """Render the report of ``folder``, saying so first (it takes seconds); one line on interrupt or failure."""
     from .experiments.store import StoreError
 
@@ -284,7 +288,7 @@ def _render(prog: str, folder: Path | str) -> int:
     try:
         from .experiments.report import render_report
 
-        paths = render_report(folder)
+        paths = render_report(folder, weight_decay_unit=weight_decay_unit)
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted while rendering the report; every run is stored: "
               f"decoupled report {folder} renders it", file=sys.stderr)  # fmt: skip
@@ -300,14 +304,23 @@ def _render(prog: str, folder: Path | str) -> int:
 # --------------------------------------------------------------------------------------------------- report
 
 
+def _add_weight_decay_axis_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--weight-decay-axis", choices=["lambda", "tau"], default="lambda",
+        help="label the heatmaps' decoupled weight decays as lambda (default) or as the timescale "
+        "tau = 1/(lambda * steps per epoch) in epochs",
+    )  # fmt: skip
+
+
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", metavar="DIR", help="a sweep's output folder (holding results.sqlite)")
+    _add_weight_decay_axis_argument(parser)
 
 
 def _run_report(args: argparse.Namespace) -> int:
     prog = "decoupled report"
     missing = _require_modules(prog, ["matplotlib"])
-    return missing if missing is not None else _render(prog, args.folder)
+    return missing if missing is not None else _render(prog, args.folder, args.weight_decay_axis)
 
 
 COMMANDS: list[Command] = [

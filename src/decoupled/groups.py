@@ -120,7 +120,9 @@ def effective_decay(optimizer: Optimizer) -> list[float | None]:
     * Rprop, SparseAdam, LBFGS: no weight decay (0).
 
     An L2 penalty (decay="l2", or torch's L2 ``weight_decay``) has no per-step factor, since it goes through the
-    gradient and, for adaptive methods, the preconditioner: its entry is None.
+    gradient and, for adaptive methods, the preconditioner: its entry is None. With ``cautious=True`` the factor is
+    that of the coordinates the mask decays (those where the update and theta do not have opposite signs); the
+    others keep theta. For decay="corrected" it is eta_t^2 * weight_decay.
 
     Example:
         >>> import torch, decoupled

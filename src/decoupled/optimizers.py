@@ -177,6 +177,13 @@ class _Optimizer(_DecayGroups, Optimizer):
             raise KernelChoiceError(f"`{kind}` does not support `differentiable` (it runs the for-loop path)")
         if isinstance(group["lr"], Tensor) and group["foreach"] and not group.get("capturable"):
             raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+        check_bool("cautious", group.get("cautious", False))
+        if group.get("cautious") and group["decay"] == "l2":
+            raise ValueError(
+                "cautious=True masks a decoupled weight decay (theta -= factor * 1[u theta >= 0] * theta); "
+                "decay='l2' adds weight_decay * theta to the gradient instead, where there is no decay to mask: "
+                "use a decoupled convention ('decoupled', 'lr', 'constant', 'corrected') or cautious=False"
+            )
 
     def _grad_enabled(self) -> bool:
         """Steps run without autograd, except with ``differentiable=True`` (as in torch.optim)."""
@@ -332,7 +339,14 @@ class AdamW(_Optimizer):
     with mhat_t = m_t / (1 - beta1^t), vhat_t = v_t / (1 - beta2^t). lambda is NOT multiplied by alpha; that is
     what lets learning rate and weight decay be tuned independently. ``decay`` picks another convention
     (see :mod:`decoupled.conventions`): "lr" is torch.optim.AdamW (theta -= lr_t lambda theta), "constant" is
-    TF Addons (theta -= lambda theta), "l2" is Adam with an L2 penalty (g_t += lambda theta_{t-1}).
+    TF Addons (theta -= lambda theta), "corrected" is AdamC (theta -= eta_t^2 lambda theta), "l2" is Adam with
+    an L2 penalty (g_t += lambda theta_{t-1}).
+
+    With ``cautious=True`` (cautious weight decay, Chen et al. 2025, arXiv:2510.12402) the decay is applied
+    only where the update direction u_t = mhat_t / (sqrt(vhat_t) + eps) and theta_{t-1} do not have opposite
+    signs: theta_t = theta_{t-1} - eta_t alpha u_t - eta_t lambda 1[u_t theta_{t-1} >= 0] theta_{t-1} (any
+    decoupled convention's factor in place of eta_t lambda). On the CPU it runs in the one-pass native kernel at
+    the plain step's cost.
 
     Args:
         params: parameters or parameter groups (dicts that may override any hyperparameter below).
@@ -341,11 +355,13 @@ class AdamW(_Optimizer):
         eps: added to sqrt(vhat) (default 1e-8).
         weight_decay: lambda, the per-step decay at eta_t = 1 (default 1e-5: torch.optim.AdamW's default
             weight_decay=1e-2 at its default lr=1e-3, expressed in the paper's units).
-        decay: "decoupled" (default), "lr", "constant" or "l2".
+        decay: "decoupled" (default), "lr", "constant", "corrected" or "l2".
         amsgrad: use the running maximum of v_t (Reddi et al., 2018).
         maximize: maximize the objective instead of minimizing it.
+        cautious: cautious weight decay (default False; refused with decay="l2").
         foreach, fused: pick an implementation as in torch.optim; by default the fastest that supports the
-            parameters (fused: torch's fused AdamW kernel, with weight_decay = eta_t lambda / lr_t).
+            parameters (fused: torch's fused AdamW kernel, with weight_decay = eta_t lambda / lr_t; on the CPU
+            this package's native kernel for bfloat16 and for cautious decay).
         capturable: keep the step counts on the parameters' device and compute without host synchronisation
             (for CUDA graphs); ``lr`` and ``betas`` may then be Tensors on that device. Runs the foreach (or
             for-loop) path; ``fused=True`` with it is refused. Also accepted on the CPU, where torch refuses it.
@@ -379,6 +395,7 @@ class AdamW(_Optimizer):
         decay: str = "decoupled",
         amsgrad: bool = False,
         maximize: bool = False,
+        cautious: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
         capturable: bool = False,
@@ -386,7 +403,8 @@ class AdamW(_Optimizer):
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, amsgrad=amsgrad,
-            maximize=maximize, foreach=foreach, fused=fused, capturable=capturable, differentiable=differentiable,
+            maximize=maximize, cautious=cautious, foreach=foreach, fused=fused, capturable=capturable,
+            differentiable=differentiable,
         )  # fmt: skip
         super().__init__(params, defaults)
 
@@ -447,7 +465,8 @@ class AdamW(_Optimizer):
             kernels.adam(
                 params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
                 lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"], decay_factor=terms.factor, l2=terms.l2,
-                amsgrad=amsgrad, maximize=group["maximize"], capturable=capturable, **_kernel_choice(group),
+                amsgrad=amsgrad, maximize=group["maximize"], capturable=capturable, cautious=group["cautious"],
+                **_kernel_choice(group),
             )  # fmt: skip
         return loss
 
@@ -462,7 +481,10 @@ class SGDW(_Optimizer):
         m_t     = mu m_{t-1} + eta_t alpha g_t          (m_0 = 0)
         theta_t = theta_{t-1} - m_t - eta_t lambda theta_{t-1}
 
-    and with ``nesterov=True`` the step is mu m_t + eta_t alpha g_t instead of m_t.
+    and with ``nesterov=True`` the step is mu m_t + eta_t alpha g_t instead of m_t. With ``cautious=True``
+    (cautious weight decay, Chen et al. 2025) the decay is applied only where u_t, the vector subtracted (m_t;
+    with nesterov mu m_t + eta_t alpha g_t; without momentum eta_t alpha g_t), and theta_{t-1} do not have
+    opposite signs: theta_t = theta_{t-1} - u_t - eta_t lambda 1[u_t theta_{t-1} >= 0] theta_{t-1}.
 
     How this differs from torch.optim.SGD: torch (and the authors' Lua code) keep the learning rate outside
     the buffer (buf = mu buf + g; theta -= lr_t buf). The two agree while the learning rate is constant; under
@@ -476,11 +498,12 @@ class SGDW(_Optimizer):
         momentum: mu in [0, 1) (default 0.9); 0 keeps no buffer.
         weight_decay: lambda, the per-step decay at eta_t = 1 (default 5e-5: the common CIFAR setting of
             SGD with lr 0.1 and L2 5e-4, expressed in the paper's units).
-        decay: "decoupled" (default), "lr", "constant" or "l2" (see :mod:`decoupled.conventions`).
+        decay: "decoupled" (default), "lr", "constant", "corrected" or "l2" (see :mod:`decoupled.conventions`).
         dampening: as in torch.optim.SGD, m_t = mu m_{t-1} + (1 - dampening) eta_t alpha g_t, except at a
             buffer's first step (m_1 = eta_t alpha g_1, as torch starts its buffer at g_1) (default 0).
         nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
         maximize: maximize the objective instead of minimizing it.
+        cautious: cautious weight decay (default False; refused with decay="l2").
         foreach, fused: pick an implementation as in torch.optim; by default the fastest that supports the
             parameters (fused: a one-pass native kernel on the CPU, torch's fused SGD elsewhere).
 
@@ -505,13 +528,15 @@ class SGDW(_Optimizer):
         dampening: float = 0.0,
         nesterov: bool = False,
         maximize: bool = False,
+        cautious: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
         differentiable: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, weight_decay=weight_decay, decay=decay, dampening=dampening,
-            nesterov=nesterov, maximize=maximize, foreach=foreach, fused=fused, differentiable=differentiable,
+            nesterov=nesterov, maximize=maximize, cautious=cautious, foreach=foreach, fused=fused,
+            differentiable=differentiable,
         )  # fmt: skip
         super().__init__(params, defaults)
 
@@ -549,7 +574,7 @@ class SGDW(_Optimizer):
             terms = decay_terms(group["decay"], lr=lr, base_lr=group["base_lr"], weight_decay=group["weight_decay"])
             hyper = dict(
                 momentum=momentum, nesterov=group["nesterov"], maximize=group["maximize"], decay_factor=terms.factor,
-                l2=terms.l2, **_kernel_choice(group),
+                l2=terms.l2, cautious=group["cautious"], **_kernel_choice(group),
             )  # fmt: skip
             if dampening != 0 and momentum != 0:
                 # m = mu m + (1 - dampening) lr g, but a new buffer starts at lr g (as torch's starts at g): the

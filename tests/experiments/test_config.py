@@ -91,7 +91,7 @@ BAD_INPUTS = [
     ({"optimizers": []}, "empty grid: optimizers = [] selects no optimizer"),
     ({"grid": {"sgd": {"lr": [0.1, -0.1]}}}, "grid.sgd.lr: learning rate must be > 0, got -0.1"),
     ({"grid": {"sgdw": {"weight_decay": [-1e-4]}}}, "grid.sgdw.weight_decay: weight decay must be >= 0, got -0.0001"),
-    ({"optimizers": ["adamx"]}, "optimizers must be one of sgd, sgdw, adam, adamw, got 'adamx'"),
+    ({"optimizers": ["adamx"]}, "optimizers must be one of sgd, sgdw, adam, adamw, adamw-cautious, sgdw-cautious, adamc, got 'adamx'"),
     ({"seeds": 0}, "seeds (runs per cell) must be an integer >= 1, got 0"),
     ({"train": {"epochs": "ten"}}, "train.epochs must be int, got 'ten'"),
     ({"train": {"beta2": 1.0}}, "train.beta2 must be in [0, 1), got 1.0"),

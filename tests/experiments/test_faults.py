@@ -468,3 +468,12 @@ def test_without_the_sweep_extra_one_line_names_it(tmp_path, blocked, args):
     assert len(lines) == 1 and 'pip install "decoupled[sweep]"' in lines[0] and blocked in lines[0], lines
     if args[0] == "sweep":
         assert not (tmp_path / "out").exists()
+
+
+def test_every_public_name_of_the_lazy_package_resolves():
+    """The package imports its names on first use (so that the command starts fast and Ctrl-C is caught)."""
+    import decoupled
+
+    assert sorted(decoupled._EXPORTS) == sorted(decoupled.__all__)
+    for name in decoupled.__all__:
+        assert getattr(decoupled, name) is not None

@@ -126,6 +126,10 @@ class Comparison:
         return "better" if self.difference > 0 else "worse"
 
 
+# Sweep optimizers compared with AdamW when both are in a sweep (each at its own validation-picked best cell).
+VARIANTS_OF_ADAMW = ("adamw-cautious", "sgdw-cautious", "adamc")
+
+
 @dataclass
 class Findings:
     config: SweepConfig
@@ -138,6 +142,8 @@ class Findings:
     wall_time_total_s: float  # sum of the runs' wall times (compute, not elapsed)
     hardware: dict[str, Any]
     code_versions: list[str]
+    # The later weight-decay rules (cautious, corrected) each against AdamW: base = AdamW, variant = the rule.
+    variant_comparisons: list[Comparison] = field(default_factory=list)
 
     def by_name(self, name: str) -> OptimizerFindings | None:
         return next((f for f in self.optimizers if f.name == name), None)
@@ -257,6 +263,11 @@ def analyze(config: SweepConfig, rows: list[dict[str, Any]]) -> Findings:
         for base, variant in (("adam", "adamw"), ("sgd", "sgdw"))
         if base in by_name and variant in by_name and by_name[base].best and by_name[variant].best
     ]
+    variant_comparisons = [
+        _comparison(by_name["adamw"], by_name[variant], config.data.test_size)
+        for variant in VARIANTS_OF_ADAMW
+        if "adamw" in by_name and variant in by_name and by_name["adamw"].best and by_name[variant].best
+    ]
     hardware = used[-1]["hardware"] if used else {}
     return Findings(
         config=config,
@@ -269,4 +280,5 @@ def analyze(config: SweepConfig, rows: list[dict[str, Any]]) -> Findings:
         wall_time_total_s=float(sum(r["wall_time_s"] for r in used)),
         hardware=hardware,
         code_versions=sorted({r["code_version"] for r in used}),
+        variant_comparisons=variant_comparisons,
     )

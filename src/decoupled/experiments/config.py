@@ -10,7 +10,13 @@ Units follow the paper (Loshchilov & Hutter, ICLR 2019): ``lr`` is alpha, the pe
 multiplies it by eta_t); ``weight_decay`` is lambda in the convention of the optimizer:
 
 * ``adamw``, ``sgdw`` (decoupled): theta <- theta - eta_t * lambda * theta each step (lambda NOT times alpha);
-* ``adam``, ``sgd`` (L2, coupled): g <- g + lambda * theta before the update (an L2 penalty lambda/2 ||theta||^2).
+* ``adam``, ``sgd`` (L2, coupled): g <- g + lambda * theta before the update (an L2 penalty lambda/2 ||theta||^2);
+* ``adamw-cautious``, ``sgdw-cautious``: decoupled, cautious (decay only where the update and theta agree in sign);
+* ``adamc`` (corrected, AdamC): theta <- theta - eta_t^2 * lambda * theta each step.
+
+The three later variants are not in the default list (the paper's four are); select them with ``optimizers``
+(``--optimizers``). Without a ``grid.<name>`` table of their own they use the grid of the optimizer whose units
+they share (``adamw`` or ``sgdw``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ __all__ = [
     "DATASETS",
     "MODELS",
     "OPTIMIZERS",
+    "PAPER_OPTIMIZERS",
     "ConfigError",
     "DataConfig",
     "ModelConfig",
@@ -67,11 +74,13 @@ SEED_MAX = 2**32 - 1  # numpy's legacy seeding, which the MNIST-1D generator use
 class OptimizerSpec:
     """One of the four optimizers of the paper's comparison, as a decoupled optimizer class + a convention."""
 
-    name: str  # adam | adamw | sgd | sgdw
+    name: str  # adam | adamw | sgd | sgdw | adamw-cautious | sgdw-cautious | adamc
     label: str  # as in the paper's figures
     family: str  # "adam" (decoupled.AdamW) or "sgd" (decoupled.SGDW)
-    decay: str  # the decoupled library's convention: "l2" (coupled) or "decoupled"
+    decay: str  # the decoupled library's convention: "l2" (coupled), "decoupled" or "corrected"
     weight_decay_meaning: str  # what lambda does, for axis labels and the report
+    cautious: bool = False  # cautious weight decay (Chen et al. 2025)
+    grid_like: str = ""  # the optimizer whose grid it uses when the config has no grid.<name> (same units)
 
 
 # Adam/SGD with L2 are decoupled.AdamW/SGDW with decay="l2": one implementation, only line 6/12 differs.
@@ -82,8 +91,16 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         OptimizerSpec("sgdw", "SGDW", "sgd", "decoupled", "decoupled: theta -= eta_t * lambda * theta"),
         OptimizerSpec("adam", "Adam (L2)", "adam", "l2", "L2 factor: g += lambda * theta"),
         OptimizerSpec("adamw", "AdamW", "adam", "decoupled", "decoupled: theta -= eta_t * lambda * theta"),
+        OptimizerSpec("adamw-cautious", "AdamW (cautious)", "adam", "decoupled",
+                      "cautious: theta -= eta_t * lambda * 1[u theta >= 0] * theta", cautious=True, grid_like="adamw"),
+        OptimizerSpec("sgdw-cautious", "SGDW (cautious)", "sgd", "decoupled",
+                      "cautious: theta -= eta_t * lambda * 1[u theta >= 0] * theta", cautious=True, grid_like="sgdw"),
+        OptimizerSpec("adamc", "AdamC", "adam", "corrected", "corrected: theta -= eta_t^2 * lambda * theta",
+                      grid_like="adamw"),
     )
-}
+}  # fmt: skip
+# The default selection: the paper's comparison (its Figure 2).
+PAPER_OPTIMIZERS = ("adam", "adamw", "sgd", "sgdw")
 
 
 class ConfigError(ValueError):
@@ -493,7 +510,7 @@ def _axis(table: Mapping[str, Any], axis: str, where: str) -> tuple[float, ...]:
 
 
 def _grids(raw: Mapping[str, Any]) -> tuple[OptimizerGrid, ...]:
-    names = raw.get("optimizers", list(OPTIMIZERS))
+    names = raw.get("optimizers", list(PAPER_OPTIMIZERS))
     if isinstance(names, str):
         names = [part.strip() for part in names.split(",") if part.strip()]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -509,6 +526,8 @@ def _grids(raw: Mapping[str, Any]) -> tuple[OptimizerGrid, ...]:
     grids = []
     for name in names:
         table = grid_tables.get(name)
+        if table is None and OPTIMIZERS[name].grid_like:
+            table = grid_tables.get(OPTIMIZERS[name].grid_like)
         if table is None:
             raise ConfigError(f"grid.{name} is missing: optimizer {name!r} needs a learning-rate x weight-decay grid")
         if not isinstance(table, Mapping):

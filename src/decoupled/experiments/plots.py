@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import Findings, OptimizerFindings
+from .axes import steps_per_epoch, weight_decay_axis
 from .config import OPTIMIZERS
 from .train import format_power_of_two
 
@@ -15,7 +16,8 @@ __all__ = ["HEATMAP_FILENAME", "CURVES_FILENAME", "plot_curves", "plot_heatmaps"
 
 HEATMAP_FILENAME = "heatmaps.png"
 CURVES_FILENAME = "curves.png"
-_PANEL_ORDER = ("sgd", "sgdw", "adam", "adamw")  # the paper's Figure 2: SGD | SGDW over Adam | AdamW
+# The paper's Figure 2: SGD | SGDW over Adam | AdamW; then the later rules when a sweep selects them.
+_PANEL_ORDER = ("sgd", "sgdw", "adam", "adamw", "sgdw-cautious", "adamw-cautious", "adamc")
 
 
 def _pyplot():
@@ -43,16 +45,22 @@ def color_range(findings: Findings) -> tuple[float, float]:
     return low, min(100.0, low + max(5.0, 2 * low))
 
 
-def _panel(ax, opt: OptimizerFindings, low: float, high: float, cmap):
+def _panel(ax, opt: OptimizerFindings, low: float, high: float, cmap, weight_decay_unit: str, steps: int):
     grid = opt.grid
     data = (opt.test_mean * 100).T  # rows: weight decay (y), columns: learning rate (x)
     image = ax.imshow(np.ma.masked_invalid(data), origin="lower", cmap=cmap, vmin=low, vmax=high, aspect="equal")
     ax.set_xticks(range(len(grid.lrs)), [_tick(v) for v in grid.lrs], fontsize=8)
-    ax.set_yticks(range(len(grid.weight_decays)), [_tick(v) for v in grid.weight_decays], fontsize=8)
-    ax.set_xlabel(r"learning rate $\alpha$", fontsize=9)
     spec = OPTIMIZERS[opt.name]
+    ticks, tau_label = weight_decay_axis(
+        grid.weight_decays, decay=spec.decay, unit=weight_decay_unit, steps=steps,
+        lambda_ticks=[_tick(v) for v in grid.weight_decays],
+    )  # fmt: skip
+    ax.set_yticks(range(len(grid.weight_decays)), ticks, fontsize=8)
+    ax.set_xlabel(r"learning rate $\alpha$", fontsize=9)
     if spec.decay == "l2":
         ax.set_ylabel(r"L2 factor $\lambda$  ($g \leftarrow g + \lambda\theta$)", fontsize=9)
+    elif tau_label is not None:
+        ax.set_ylabel(tau_label, fontsize=9)
     else:
         ax.set_ylabel(r"weight decay $\lambda$  ($\theta \leftarrow \theta - \eta_t\lambda\theta$)", fontsize=9)
     small = len(grid.lrs) * len(grid.weight_decays) <= 100
@@ -93,9 +101,12 @@ def _square(i: int, j: int):
     return Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.2)
 
 
-def plot_heatmaps(findings: Findings, path: Path) -> Path:
+def plot_heatmaps(findings: Findings, path: Path, *, weight_decay_unit: str = "lambda") -> Path:
     """One panel per optimizer (SGD, SGDW / Adam, AdamW), test error in % on one shared color scale; circles mark
-    the 10 best cells on test error, the red square the cell picked on validation; x: diverged in every seed."""
+    the 10 best cells on test error, the red square the cell picked on validation; x: diverged in every seed.
+    ``weight_decay_unit="tau"`` labels the decoupled panels' weight decays as timescales in epochs (axes.py)."""
+    data = findings.config.data
+    steps = steps_per_epoch(data.train_size, findings.config.train.batch_size)
     plt = _pyplot()
     present = {f.name: f for f in findings.optimizers}
     order = [name for name in _PANEL_ORDER if name in present]
@@ -107,7 +118,7 @@ def plot_heatmaps(findings: Findings, path: Path) -> Path:
     cmap.set_bad("#dddddd")  # cells not run (yet)
     image = None
     for ax, name in zip(axes.flat, order):
-        image = _panel(ax, present[name], low, high, cmap)
+        image = _panel(ax, present[name], low, high, cmap, weight_decay_unit, steps)
     for ax in list(axes.flat)[len(order) :]:
         ax.axis("off")
     config = findings.config

@@ -247,6 +247,20 @@ def _comparison_table(findings: Findings) -> tuple[list[str], list[list[str]]]:
 _VERDICTS = {"better": "decoupled better", "worse": "L2 better", "tie": "within noise"}
 
 
+def _variant_table(findings: Findings) -> tuple[list[str], list[list[str]]]:
+    """Cautious / corrected decay against AdamW, each at its validation-picked best cell (same noise rules)."""
+    header = ["comparison", "AdamW", "variant", "difference (points)", "seed noise (SE)", "test-set noise",
+              f"verdict (> {NOISE_MULTIPLE:g} x noise)"]  # fmt: skip
+    verdicts = {"better": "variant better", "worse": "AdamW better", "tie": "within noise"}
+    rows = [
+        [f"{c.variant.label} vs {c.base.label}", _pm(c.base), _pm(c.variant), f"{100 * c.difference:+.2f}",
+         "n/a" if math.isnan(c.standard_error) else f"{100 * c.standard_error:.2f}", f"{100 * c.test_set_noise:.2f}",
+         verdicts[c.verdict]]
+        for c in findings.variant_comparisons
+    ]  # fmt: skip
+    return header, rows
+
+
 def _method_lines() -> list[str]:
     return [
         "A run's error is its final error; a diverged run counts as 100%. A cell's error is the mean over its seeds.",
@@ -316,6 +330,8 @@ def build_document(
     ]  # fmt: skip
     if comparison_rows:
         blocks += [("h2", "Decoupled vs L2"), ("table", comparison_header, comparison_rows)]
+    if findings.variant_comparisons:
+        blocks += [("h2", "Later weight-decay rules vs AdamW"), ("table", *_variant_table(findings))]
     blocks += [
         ("h2", "Heatmaps (cf. Figure 2 of the paper)"),
         ("img", HEATMAP_FILENAME, "test error over learning rate x weight decay, one panel per optimizer"),
@@ -396,8 +412,9 @@ def to_html(blocks: list[Block], folder: Path) -> str:
     )
 
 
-def render_report(folder: str | Path) -> ReportPaths:
-    """Re-render the CSV, the figures and the report of output folder ``folder`` from its store alone."""
+def render_report(folder: str | Path, *, weight_decay_unit: str = "lambda") -> ReportPaths:
+    """Re-render the CSV, the figures and the report of output folder ``folder`` from its store alone.
+    ``weight_decay_unit="tau"`` labels the heatmaps' decoupled weight decays in timescale epochs."""
     folder = Path(folder)
     with Store.open(folder, create=False) as store:
         config = store.latest_sweep()
@@ -407,7 +424,7 @@ def render_report(folder: str | Path) -> ReportPaths:
         failures = store.failures()
         store.export_csv(folder / CSV_FILENAME, rows)
     findings = analyze(config, rows)
-    heatmaps = plot_heatmaps(findings, folder / HEATMAP_FILENAME)
+    heatmaps = plot_heatmaps(findings, folder / HEATMAP_FILENAME, weight_decay_unit=weight_decay_unit)
     curves = plot_curves(findings, folder / CURVES_FILENAME)
     parameters = next((row["extra"].get("parameters") for row in rows if row["extra"].get("parameters")), None)
     blocks = build_document(findings, folder, parameters, failure_blocks(failures, rows))

@@ -427,14 +427,15 @@ def make_optimizer(config: RunConfig, params: nn.Module | Iterable[Any]) -> torc
             groups = [{"weight_decay": config.weight_decay, **item} for item in items]
         else:
             groups = [{"params": items, "weight_decay": config.weight_decay}]
-    if spec.family == "adam":
+    if spec.family == "adam":  # adamw-cautious / sgdw-cautious: cautious=True; adamc: decay="corrected"
         return decoupled.AdamW(
             groups, lr=config.lr, betas=(train.beta1, train.beta2), eps=train.eps,
-            weight_decay=config.weight_decay, decay=spec.decay,
+            weight_decay=config.weight_decay, decay=spec.decay, cautious=spec.cautious,
         )  # fmt: skip
     return decoupled.SGDW(
-        groups, lr=config.lr, momentum=train.momentum, weight_decay=config.weight_decay, decay=spec.decay
-    )
+        groups, lr=config.lr, momentum=train.momentum, weight_decay=config.weight_decay, decay=spec.decay,
+        cautious=spec.cautious,
+    )  # fmt: skip
 
 
 def _eta_one(_: int) -> float:

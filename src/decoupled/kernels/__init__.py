@@ -4,8 +4,9 @@ Three interchangeable implementations share each family's signature:
 
 * ``forloop`` (:mod:`.forloop`): one tensor at a time;
 * ``foreach`` (:mod:`.foreach`): torch's multi-tensor ``_foreach_*`` ops;
-* ``fused`` (:mod:`.fused`): one pass over memory per step: torch's fused Adam(W) kernel for Adam, and for
-  SGD a native C kernel on the CPU (:mod:`.native`) or torch's fused SGD elsewhere.
+* ``fused`` (:mod:`.fused`): one pass over memory per step: for Adam torch's fused Adam(W) kernel, or on the
+  CPU a native C kernel (:mod:`.native`) for cautious decay and bfloat16; for SGD the native C kernel on the
+  CPU or torch's fused SGD elsewhere.
 
 ``foreach=``/``fused=`` mean what they mean in torch.optim: when the user sets neither, the fastest path that
 supports the tensors is chosen (fused, then foreach, then the for-loop); an explicit request that cannot be
@@ -15,7 +16,8 @@ or state is laid out unlike them (or that are not dense) take the strided foreac
 (:mod:`.layout`), and overlapping parameters are refused before anything is written.
 
 The kernels know nothing of decay conventions: they take ``decay_factor`` (theta <- (1 - decay_factor) theta)
-and ``l2`` (g <- g + l2 theta), which :func:`decoupled.conventions.decay_terms` computes.
+and ``l2`` (g <- g + l2 theta), which :func:`decoupled.conventions.decay_terms` computes, and ``cautious``
+(apply the decay only where the update direction u_t and theta_{t-1} do not have opposite signs).
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ def adam(
     l2: float,
     amsgrad: bool,
     maximize: bool,
+    cautious: bool = False,
     capturable: bool = False,
     foreach: bool | None = None,
     fused: bool | None = None,
@@ -142,13 +145,16 @@ def adam(
     Per tensor, with t = step + 1 and g = (maximize ? -grad : grad) + l2 * theta::
 
         m = beta1 m + (1 - beta1) g;   v = beta2 v + (1 - beta2) g^2;   vmax = max(vmax, v)   (amsgrad)
-        theta = (1 - decay_factor) theta - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+        u = (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+        theta = (1 - c decay_factor) theta - lr u,   c = cautious ? 1[u theta >= 0] : 1
 
     ``max_exp_avg_sqs`` may be empty unless ``amsgrad``. ``steps`` are float scalar tensors, incremented here.
     With ``capturable`` (or step tensors off the CPU) the bias corrections are computed on the steps' device,
     without reading a step on the host; ``lr``, ``beta1``, ``beta2`` and ``decay_factor`` may then be 0-dim
     Tensors. Capturable steps run the foreach path (the for-loop path where foreach is not supported).
     """
+    if cautious and l2 != 0:
+        raise ValueError("cautious weight decay masks a decoupled decay; it has no meaning for an L2 penalty")
     lists = [params, grads, exp_avgs, exp_avg_sqs]
     lists += [max_exp_avg_sqs if amsgrad else [], steps]
     hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, decay_factor=decay_factor, l2=l2, amsgrad=amsgrad)
@@ -156,7 +162,7 @@ def adam(
         raise ValueError("fused=True cannot run a capturable step; leave fused unset or set foreach=True")
     if capturable and foreach is None and fused is None and params:
         foreach = True if _foreach_unsupported(params[0].device) is None else False
-    _run("adam", lists, 5, foreach, fused, dict(hyper, maximize=maximize, capturable=capturable))
+    _run("adam", lists, 5, foreach, fused, dict(hyper, maximize=maximize, capturable=capturable, cautious=cautious))
 
 
 def sgd(
@@ -170,6 +176,7 @@ def sgd(
     maximize: bool,
     decay_factor: float,
     l2: float,
+    cautious: bool = False,
     foreach: bool | None = None,
     fused: bool | None = None,
 ) -> None:
@@ -177,13 +184,16 @@ def sgd(
 
     Per tensor, with g = (maximize ? -grad : grad) + l2 * theta and the scheduled step inside the buffer::
 
-        m = momentum m + lr g;   theta = (1 - decay_factor) theta - (nesterov ? momentum m + lr g : m)
+        m = momentum m + lr g;   u = nesterov ? momentum m + lr g : m
+        theta = (1 - c decay_factor) theta - u,   c = cautious ? 1[u theta >= 0] : 1
 
-    and theta = (1 - decay_factor) theta - lr g when ``momentum`` is 0 (``momentum_buffers`` may be empty then).
+    and u = lr g when ``momentum`` is 0 (``momentum_buffers`` may be empty then).
     """
+    if cautious and l2 != 0:
+        raise ValueError("cautious weight decay masks a decoupled decay; it has no meaning for an L2 penalty")
     hyper = dict(lr=lr, momentum=momentum, nesterov=nesterov, maximize=maximize)
     lists = [params, grads, momentum_buffers if momentum != 0 else []]
-    _run("sgd", lists, 3, foreach, fused, dict(hyper, decay_factor=decay_factor, l2=l2))
+    _run("sgd", lists, 3, foreach, fused, dict(hyper, decay_factor=decay_factor, l2=l2, cautious=cautious))
 
 
 def decay_(params: list[Tensor], decay_factor: float) -> None:

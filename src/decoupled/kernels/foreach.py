@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["adam", "increment", "sgd"]
+from .forloop import cautious_keep
+
+__all__ = ["adam", "cautious_decay_", "increment", "sgd"]
 
 
 _REDUCED_PRECISION = (torch.bfloat16, torch.float16)
@@ -29,6 +31,15 @@ def decay_(params: list[Tensor], decay_factor: float | Tensor) -> None:
     elif first.dtype in _REDUCED_PRECISION:
         keep = torch.tensor(keep, dtype=torch.float32, device=first.device)
     torch._foreach_mul_(params, keep)
+
+
+def cautious_decay_(params: list[Tensor], directions: list[Tensor], decay_factor: float | Tensor) -> None:
+    """theta <- theta - decay_factor * 1[u theta >= 0] * theta per tensor, u = ``directions`` (signs compared).
+
+    The masks are made one tensor at a time (torch has no foreach comparison); the decay is one foreach op.
+    """
+    keeps = [cautious_keep(direction, param, decay_factor) for direction, param in zip(directions, params)]
+    torch._foreach_mul_(params, keeps)
 
 
 def increment(steps: list[Tensor]) -> None:
@@ -68,17 +79,21 @@ def adam(
     amsgrad: bool,
     maximize: bool,
     capturable: bool = False,
+    cautious: bool = False,
 ) -> None:
     """Algorithm 2 (Adam/AdamW) over a tensor list. Increments each ``steps`` entry by one.
 
     Step counts on the CPU are read as numbers; with ``capturable`` or steps on another device the bias
     corrections are computed on that device, so nothing waits for it (see :func:`.forloop.adam`).
+    With ``cautious`` the decay's mask compares the signs of m_t and theta_{t-1} (u_t has the sign of m_t).
     """
     if not params:
         return
+    decays = isinstance(decay_factor, Tensor) or decay_factor != 0
+    masked = cautious and decays
     grads = _effective_grads(params, grads, maximize, l2)
     increment(steps)
-    if isinstance(decay_factor, Tensor) or decay_factor != 0:
+    if decays and not masked:
         decay_(params, decay_factor)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
@@ -92,6 +107,8 @@ def adam(
         denom = torch._foreach_sqrt(max_exp_avg_sqs)
     else:
         denom = torch._foreach_sqrt(exp_avg_sqs)
+    if masked:  # theta_{t-1} *= 1 - decay_factor * mask, before the step
+        cautious_decay_(params, exp_avgs, decay_factor)
     if capturable or not steps[0].is_cpu:
         # On the steps' device: param -= m / (sqrt(v) / sqrt(bc2) + eps) * lr / bc1, as tensors (no host reads).
         dtype = torch.float64 if params[0].dtype == torch.float64 else torch.float32
@@ -120,11 +137,29 @@ def sgd(
     maximize: bool,
     decay_factor: float,
     l2: float,
+    cautious: bool = False,
 ) -> None:
-    """Algorithm 1 (SGD/SGDW, the scheduled step inside the buffer) over a tensor list."""
+    """Algorithm 1 (SGD/SGDW, the scheduled step inside the buffer) over a tensor list.
+
+    With ``cautious`` the decay's mask takes u_t = the vector subtracted (m_t; momentum m_t + lr g with
+    nesterov; lr g without momentum).
+    """
     if not params:
         return
     grads = _effective_grads(params, grads, maximize, l2)
+    if cautious and decay_factor != 0:
+        if momentum == 0:
+            updates = torch._foreach_mul(grads, lr)
+        else:
+            torch._foreach_mul_(momentum_buffers, momentum)
+            torch._foreach_add_(momentum_buffers, grads, alpha=lr)
+            updates = momentum_buffers
+            if nesterov:
+                updates = torch._foreach_mul(momentum_buffers, momentum)
+                torch._foreach_add_(updates, grads, alpha=lr)
+        cautious_decay_(params, updates, decay_factor)
+        torch._foreach_sub_(params, updates)
+        return
     if decay_factor != 0:
         decay_(params, decay_factor)
     if momentum == 0:

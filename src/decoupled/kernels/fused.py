@@ -4,6 +4,10 @@ Adam/AdamW map exactly onto torch's own fused kernels. torch's fused AdamW compu
 ``theta <- theta (1 - lr wd) - lr mhat / (sqrt(vhat) + eps)``, so the paper's decay factor eta_t * lambda (or
 any other per-step factor f) is obtained with ``wd = f / lr``: torch's fused AdamW with weight_decay =
 lambda / alpha and lr = eta_t * alpha *is* the paper's AdamW. The coupled "l2" convention is torch's fused Adam.
+torch's kernel cannot mask the decay, so cautious AdamW on the CPU runs the native Adam kernel
+(:mod:`decoupled.kernels.native`), which is also the default for bfloat16 CPU tensors, where it is faster than
+torch's (docs/benchmark.md). Elsewhere (CUDA, float16, no C compiler) a cautious decay is applied in a pass of
+its own before torch's fused step: the mask needs m_t, recomputed there as lerp(m_{t-1}, g, 1 - beta1).
 
 SGD/SGDW has no torch counterpart (torch keeps the learning rate outside the momentum buffer and knows
 only L2 decay), so on the CPU it runs :mod:`decoupled.kernels.native`, one C loop over all tensors.
@@ -24,7 +28,7 @@ from torch import Tensor
 
 from . import foreach, layout, native
 
-__all__ = ["adam", "sgd", "sgd_torch"]
+__all__ = ["adam", "adam_torch", "sgd", "sgd_torch"]
 
 
 def adam(
@@ -44,15 +48,77 @@ def adam(
     amsgrad: bool,
     maximize: bool,
     capturable: bool = False,
+    cautious: bool = False,
 ) -> None:
-    """Algorithm 2 on torch's fused Adam(W) kernel. Increments each ``steps`` entry by one."""
+    """Algorithm 2 in one pass: the native kernel where it is needed (cautious) or faster (bfloat16) on CPU
+    tensors it can take, torch's fused Adam(W) kernel (:func:`adam_torch`) for the rest. Increments ``steps``.
+
+    The dispatcher hands this only tensors a one-pass kernel may walk as raw memory (:mod:`.layout`).
+    """
     if not params:
         return
     if capturable:
         raise ValueError("the fused Adam path does not take capturable steps (the foreach path does)")
     if decay_factor != 0 and l2 != 0:
         raise ValueError("the fused Adam kernel takes a decay factor or an L2 coefficient, not both")
-    _check_sizes(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [])
+    states = [exp_avgs, exp_avg_sqs, *([max_exp_avg_sqs] if amsgrad else [])]
+    numels = _check_sizes(params, grads, *states)
+    cautious = cautious and decay_factor != 0
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, l2=l2, amsgrad=amsgrad, maximize=maximize)
+    first = params[0]
+    if first.is_cpu and (cautious or native.adam_preferred(first.dtype)) and native.supports_adam_dtype(first.dtype):
+        if native.adam_steps_code(steps) is not None:
+            if _native_layout_ok([params, grads, *states]) and all(map(_native_takes, params, grads, *states)):
+                native.adam_(
+                    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                    keep=1 - decay_factor, cautious=cautious, numels=numels, **hyper,
+                )  # fmt: skip
+                return
+            mine = [i for i in range(len(params)) if _native_takes(params[i], grads[i], *(s[i] for s in states))]
+            if mine and _native_layout_ok([_pick(tensors, mine) for tensors in (params, grads, *states)]):
+                native.adam_(
+                    _pick(params, mine), _pick(grads, mine), _pick(exp_avgs, mine), _pick(exp_avg_sqs, mine),
+                    _pick(max_exp_avg_sqs, mine) if amsgrad else [], _pick(steps, mine),
+                    keep=1 - decay_factor, cautious=cautious, **hyper,
+                )  # fmt: skip
+                rest = sorted(set(range(len(params))) - set(mine))
+                params, grads, exp_avgs, exp_avg_sqs, steps = (
+                    _pick(tensors, rest) for tensors in (params, grads, exp_avgs, exp_avg_sqs, steps)
+                )
+                max_exp_avg_sqs = _pick(max_exp_avg_sqs, rest) if amsgrad else []
+    adam_torch(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+        decay_factor=decay_factor, cautious=cautious, **hyper,
+    )  # fmt: skip
+
+
+def adam_torch(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    decay_factor: float,
+    l2: float,
+    amsgrad: bool,
+    maximize: bool,
+    cautious: bool = False,
+) -> None:
+    """Algorithm 2 on torch's fused Adam(W) kernel (any device it supports); a cautious decay is a pass of its
+    own before it (see the module docstring). Increments each ``steps`` entry by one."""
+    if not params:
+        return
+    if cautious and decay_factor != 0:
+        # m_t as the kernel will compute it (up to rounding, which only matters where m_t is 0 to round-off).
+        effective = torch._foreach_neg(grads) if maximize else grads
+        foreach.cautious_decay_(params, torch._foreach_lerp(exp_avgs, effective, 1 - beta1), decay_factor)
+        decay_factor = 0.0
     if decay_factor != 0 and lr == 0:
         # wd = factor / lr is undefined; the Adam step itself is zero, so only the decay remains.
         foreach.decay_(params, decay_factor)
@@ -89,6 +155,7 @@ def sgd(
     maximize: bool,
     decay_factor: float,
     l2: float,
+    cautious: bool = False,
 ) -> None:
     """Algorithm 1 in one pass: the native C kernel for CPU tensors, :func:`sgd_torch` for the rest.
 
@@ -100,7 +167,9 @@ def sgd(
         return
     buffers = momentum_buffers if momentum != 0 else None
     numels = _check_sizes(params, grads, buffers or [])
-    hyper = dict(lr=lr, momentum=momentum, nesterov=nesterov, maximize=maximize)
+    hyper = dict(
+        lr=lr, momentum=momentum, nesterov=nesterov, maximize=maximize, cautious=cautious and decay_factor != 0
+    )
     if native_eligible(params, grads, buffers):
         native.sgd_(params, grads, buffers, keep=1 - decay_factor, l2=l2, numels=numels, **hyper)
         return
@@ -140,9 +209,20 @@ def _check_sizes(params: list[Tensor], *others: list[Tensor]) -> list[int]:
     return numels
 
 
-def _native_takes(param: Tensor, grad: Tensor, buffer: Tensor | None) -> bool:
+def _native_takes(param: Tensor, *others: Tensor | None) -> bool:
+    """Whether a parameter's grad and state tensors (None: a state the update does not keep) have its dtype."""
     dtype = param.dtype
-    return grad.dtype is dtype and (buffer is None or buffer.dtype is dtype)
+    return all(t is None or t.dtype is dtype for t in others)
+
+
+def _native_layout_ok(lists: list[list[Tensor]]) -> bool:
+    """Whether every parameter of ``lists`` (parameters first, then tensors of their shape) can be walked as raw
+    memory (:func:`.layout.split_walkable`; the dispatcher made sure of it, checked again before raw writes)."""
+    return not layout.split_walkable(lists, len(lists))[1]
+
+
+def _pick(tensors: list[Tensor], indices: list[int]) -> list[Tensor]:
+    return [tensors[i] for i in indices]
 
 
 def native_eligible(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | None) -> bool:
@@ -156,8 +236,7 @@ def native_eligible(params: list[Tensor], grads: list[Tensor], buffers: list[Ten
     others = grads if buffers is None else [*grads, *buffers]
     if not all(t.dtype is dtype for t in others):
         return False
-    lists = [params, grads] if buffers is None else [params, grads, buffers]
-    return not layout.split_walkable(lists, len(lists))[1]
+    return _native_layout_ok([params, grads] if buffers is None else [params, grads, buffers])
 
 
 def sgd_torch(
@@ -171,6 +250,7 @@ def sgd_torch(
     maximize: bool,
     decay_factor: float,
     l2: float,
+    cautious: bool = False,
 ) -> None:
     """Algorithm 1 on torch's fused SGD kernel (any device it supports); see the module docstring.
 
@@ -184,10 +264,19 @@ def sgd_torch(
     if nesterov or _torch_sgd_miscomputes(params) or (momentum != 0 and not _dampening_is_exact(lr, params[0].dtype)):
         foreach.sgd(
             params, grads, momentum_buffers, lr=lr, momentum=momentum, nesterov=nesterov,
-            maximize=maximize, decay_factor=decay_factor, l2=l2,
+            maximize=maximize, decay_factor=decay_factor, l2=l2, cautious=cautious,
         )  # fmt: skip
         return
-    if decay_factor != 0:
+    if cautious and decay_factor != 0:
+        # u_t = mu m_{t-1} + lr g (lr g without momentum), computed beside the kernel's own (to round-off).
+        effective = torch._foreach_neg(grads) if maximize else grads
+        if momentum != 0:
+            updates = torch._foreach_mul(momentum_buffers, momentum)
+            torch._foreach_add_(updates, effective, alpha=lr)
+        else:
+            updates = torch._foreach_mul(effective, lr)
+        foreach.cautious_decay_(params, updates, decay_factor)
+    elif decay_factor != 0:
         foreach.decay_(params, decay_factor)
     # With momentum: buf = mu buf + lr (g + l2 theta); theta -= buf. Without: theta -= lr (g + l2 theta).
     step_lr, dampening = (1.0, 1.0 - lr) if momentum != 0 else (lr, 0.0)

@@ -1,8 +1,10 @@
-"""Build, cache and call the fused CPU SGD kernel (csrc/sgd.c) through ctypes.
+"""Build, cache and call the fused CPU kernels (csrc/sgd.c, csrc/adam.c) through ctypes.
 
 torch has no fused kernel for SGD with decoupled weight decay: its fused SGD adds the decay to the gradient
-(L2) and keeps the learning rate outside the momentum buffer. The update is a few multiply-adds per element
-and memory bound, so a plain C loop compiled with the machine's C compiler reaches the bandwidth floor.
+(L2) and keeps the learning rate outside the momentum buffer. Nor can its fused AdamW mask the decay (cautious
+weight decay), and in bfloat16 it is compute bound on a CPU core. Both updates are a few arithmetic operations
+per element and memory bound, so plain C loops compiled with the machine's C compiler reach the bandwidth
+floor. Both kernels live in one library.
 
 The library is compiled once per machine on first use (well under a second) into a cache folder
 (``$DECOUPLED_CACHE_DIR``, else ``$XDG_CACHE_HOME/decoupled``, else ``~/.cache/decoupled``; where that cannot be
@@ -34,17 +36,32 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["available", "bypassed", "unavailable_reason", "sgd_", "supports_dtype", "team_size"]
+__all__ = [
+    "adam_",
+    "adam_preferred",
+    "adam_steps_code",
+    "available",
+    "bypassed",
+    "forced",
+    "unavailable_reason",
+    "sgd_",
+    "supports_adam_dtype",
+    "supports_dtype",
+    "team_size",
+]
 
-_SOURCE = Path(__file__).with_name("csrc") / "sgd.c"
-_ABI_VERSION = 2
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCES = (_CSRC / "sgd.c", _CSRC / "adam.c")  # compiled together into one library
+_HEADERS = (_CSRC / "common.h",)
+_ABI_VERSION = 3
 _numel, _data_ptr = Tensor.numel, Tensor.data_ptr
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 # Tried in order: the fastest flags first, then ones any C compiler takes.
+# -fno-math-errno lets sqrt vectorize (it changes no result: IEEE sqrt is exact, only errno is not set).
 _FLAG_SETS = (
-    ["-O3", "-march=native", "-fopenmp"],
-    ["-O3", "-fopenmp"],
-    ["-O3"],
+    ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
+    ["-O3", "-fno-math-errno", "-fopenmp"],
+    ["-O3", "-fno-math-errno"],
 )
 
 
@@ -122,7 +139,7 @@ def _compile(compiler: str, flags: list[str], target: Path) -> str | None:
     except OSError as error:
         return f"cannot write to {target.parent}: {error}"
     os.close(fd)
-    command = [compiler, *flags, "-shared", "-fPIC", "-std=c11", str(_SOURCE), "-o", tmp]
+    command = [compiler, *flags, "-shared", "-fPIC", "-std=c11", *map(str, _SOURCES), "-o", tmp, "-lm"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
@@ -152,12 +169,12 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     compiler = _compiler()
     if compiler is None:
         return None, "no C compiler found (set CC, or install gcc or clang)"
-    source = _SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in (*_SOURCES, *_HEADERS))
     cpu = _cpu_signature()
     errors = []
     for flags in _FLAG_SETS:
         key = hashlib.sha256(source + " ".join([compiler, *flags, platform.machine(), cpu]).encode()).hexdigest()
-        target = _built(compiler, flags, f"sgd-{key[:16]}.so", errors)
+        target = _built(compiler, flags, f"kernels-{key[:16]}.so", errors)
         if target is None:
             continue
         try:
@@ -171,12 +188,25 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         library.decoupled_sgd.restype = ctypes.c_int
         library.decoupled_sgd.argtypes = [
             ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int,
-            ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int,
+            ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_int, ctypes.c_int,
+        ]  # fmt: skip
+        library.decoupled_adam.restype = ctypes.c_int
+        library.decoupled_adam.argtypes = [
+            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_double, ctypes.c_double,
+            ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int, ctypes.c_int,
+            ctypes.c_int, ctypes.c_int,
         ]  # fmt: skip
         library.decoupled_team_size.restype = ctypes.c_int
         library.decoupled_team_size.argtypes = [ctypes.c_int]
         return library, ""
-    return None, "could not build the native SGD kernel: " + "; ".join(errors)
+    return None, "could not build the native kernels: " + "; ".join(errors)
+
+
+def _library() -> ctypes.CDLL:
+    library = _load()[0]
+    if library is None:
+        raise RuntimeError(unavailable_reason())
+    return library
 
 
 def _built(compiler: str, flags: list[str], name: str, errors: list[str]) -> Path | None:
@@ -196,7 +226,7 @@ def _built(compiler: str, flags: list[str], name: str, errors: list[str]) -> Pat
 
 
 def available() -> bool:
-    """Whether the fused CPU SGD kernel could be built and loaded on this machine."""
+    """Whether the fused CPU kernels (SGD, Adam) could be built and loaded on this machine."""
     return _load()[0] is not None
 
 
@@ -220,6 +250,38 @@ def bypassed() -> Iterator[None]:
         _bypassed = saved
 
 
+_forced = False  # set by forced()
+# The dtypes whose plain (non-cautious) Adam steps take the native kernel by default, where it beats torch's
+# fused AdamW (docs/benchmark.md): bfloat16, where torch's is compute bound. fp32 stays on torch's kernel.
+_ADAM_PREFERRED = (torch.bfloat16,)
+# float16 is not among the native Adam kernel's dtypes: C's _Float16 arithmetic does not vectorize without
+# AVX512-FP16 and made the step 5x slower than torch's fused one; cautious float16 steps take torch's kernel
+# after a mask pass instead (see decoupled.kernels.fused).
+_ADAM_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+@contextlib.contextmanager
+def forced() -> Iterator[None]:
+    """Within the block every Adam step the native kernel can take runs on it, not only the cautious and the
+    bfloat16 ones (for tests and benchmarks of the kernel in fp32/fp64/fp16; not thread-safe)."""
+    global _forced
+    saved, _forced = _forced, True
+    try:
+        yield
+    finally:
+        _forced = saved
+
+
+def adam_preferred(dtype: torch.dtype) -> bool:
+    """Whether a plain Adam step on CPU tensors of ``dtype`` takes the native kernel rather than torch's."""
+    return (_forced or dtype in _ADAM_PREFERRED) and supports_adam_dtype(dtype)
+
+
+def supports_adam_dtype(dtype: torch.dtype) -> bool:
+    """Whether the native Adam kernel takes CPU tensors of ``dtype`` (float32, float64, bfloat16)."""
+    return dtype in _ADAM_DTYPES and supports_dtype(dtype)
+
+
 def supports_dtype(dtype: torch.dtype) -> bool:
     library = _load()[0]
     if _bypassed or library is None or dtype not in _DTYPE_CODES:
@@ -233,9 +295,7 @@ def team_size(requested: int) -> int:
     The kernel asks for ``torch.get_num_threads()``; it runs on torch's own OpenMP runtime, so this is the
     thread count torch's kernels use too (1 when the library was built without OpenMP).
     """
-    library = _load()[0]
-    if library is None:
-        raise RuntimeError(unavailable_reason())
+    library = _library()
     return int(library.decoupled_team_size(requested))
 
 
@@ -250,6 +310,7 @@ def sgd_(
     maximize: bool,
     keep: float,
     l2: float,
+    cautious: bool = False,
     numels: list[int] | None = None,
 ) -> None:
     """One fused step over contiguous CPU tensors of one dtype (see csrc/sgd.c for the math).
@@ -259,9 +320,7 @@ def sgd_(
     The caller guarantees device, dtype, contiguity and matching sizes (:func:`decoupled.kernels.fused.sgd`
     checks them): the kernel writes through raw addresses.
     """
-    library = _load()[0]
-    if library is None:
-        raise RuntimeError(unavailable_reason())
+    library = _library()
     count = len(params)
     if count == 0:
         return
@@ -273,7 +332,71 @@ def sgd_(
         table.extend(map(_data_ptr, momentum_buffers))  # type: ignore[arg-type]
     status = library.decoupled_sgd(
         count, table.buffer_info()[0], _DTYPE_CODES[params[0].dtype], lr, momentum, int(nesterov),
-        int(maximize), keep, l2, torch.get_num_threads(),
+        int(maximize), keep, l2, int(cautious), torch.get_num_threads(),
     )  # fmt: skip
     if status != 0:
         raise RuntimeError(f"native SGD kernel failed with status {status} (dtype {params[0].dtype})")
+
+
+_STEP_CODES = {torch.float32: 0, torch.float64: 1}
+
+
+def adam_steps_code(steps: list[Tensor]) -> int | None:
+    """0 (float32) or 1 (float64) if every step count is a one-element CPU tensor of that dtype, else None.
+
+    The kernel increments the counts through their addresses; counts of any other kind (on a device, of
+    another dtype, mixed) go to a path that handles them.
+    """
+    dtype = steps[0].dtype if steps and isinstance(steps[0], Tensor) else None
+    code = _STEP_CODES.get(dtype)  # type: ignore[arg-type]
+    if code is None:
+        return None
+    for step in steps:
+        if not (isinstance(step, Tensor) and step.dtype is dtype and step.is_cpu and step.numel() == 1):
+            return None
+    return code
+
+
+def adam_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    keep: float,
+    l2: float,
+    amsgrad: bool,
+    maximize: bool,
+    cautious: bool,
+    numels: list[int] | None = None,
+) -> None:
+    """One fused Adam(W) step over CPU tensors of one dtype (see csrc/adam.c for the math); increments ``steps``.
+
+    ``keep`` = 1 - decay factor. ``max_exp_avg_sqs`` is ignored unless ``amsgrad``. The caller guarantees
+    device, dtype, one shared dense layout and matching sizes, and that :func:`adam_steps_code` is not None
+    (:func:`decoupled.kernels.fused.adam` checks them): the kernel writes through raw addresses.
+    """
+    library = _library()
+    count = len(params)
+    if count == 0:
+        return
+    steps_code = adam_steps_code(steps)
+    if steps_code is None:
+        raise RuntimeError("the native Adam kernel takes step counts that are float32 or float64 CPU scalars")
+    table = array("q", numels if numels is not None else map(_numel, params))
+    for tensors in (params, grads, exp_avgs, exp_avg_sqs, steps):
+        table.extend(map(_data_ptr, tensors))
+    if amsgrad:
+        table.extend(map(_data_ptr, max_exp_avg_sqs))
+    status = library.decoupled_adam(
+        count, table.buffer_info()[0], _DTYPE_CODES[params[0].dtype], steps_code, lr, beta1, beta2, eps, keep, l2,
+        int(amsgrad), int(maximize), int(cautious), torch.get_num_threads(),
+    )  # fmt: skip
+    if status != 0:
+        raise RuntimeError(f"native Adam kernel failed with status {status} (dtype {params[0].dtype})")
