@@ -325,7 +325,7 @@ def test_ctrl_c_while_the_report_renders_says_how_to_render_it(capsys, tmp_path,
 
     out = tmp_path / "out"
 
-    def interrupted(folder):
+    def interrupted(folder, **options):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(report, "render_report", interrupted)
