@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import sqlite3
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -416,20 +418,46 @@ class _PipeSafeOutput:
         return getattr(self._stream, name)
 
 
+class _InterruptCounter:
+    """Counts Ctrl-Cs while a command runs (and raises KeyboardInterrupt as Python does). A Ctrl-C in the middle
+    of a third-party import can surface as another error (numpy's lazy attributes end in a RecursionError);
+    with the count, main still reports it as the interruption it was."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        signal.default_int_handler(signum, frame)
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     saved = sys.stdout
     sys.stdout = _PipeSafeOutput(saved)
+    interrupts = _InterruptCounter()
     try:
         args = build_parser().parse_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
         return args.handler(args)
     except KeyboardInterrupt:  # before a command's own handler is in place (e.g. while torch is imported)
         print("\ndecoupled: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except ModuleNotFoundError as error:  # a module of the sweep extra, imported by the toolkit itself
-        if (error.name or "").split(".")[0] in SWEEP_EXTRA_MODULES:
-            return _missing_extra("decoupled", error.name or "")
+    except Exception as error:
+        if interrupts.count:  # a Ctrl-C that broke an import on its way
+            print("\ndecoupled: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        name = getattr(error, "name", None) or ""
+        if isinstance(error, ModuleNotFoundError) and name.split(".")[0] in SWEEP_EXTRA_MODULES:
+            return _missing_extra("decoupled", name)  # a module of the sweep extra, imported by the toolkit itself
         raise
     finally:
+        interrupts.restore()
         sys.stdout = saved
 
 
