@@ -6,10 +6,34 @@ decay can be tuned independently. Other conventions (torch's lr-scaled decay, co
 keyword away (``decay=``), and :func:`decouple` gives any torch optimizer the same treatment.
 """
 
-from .conventions import DECAY_CONVENTIONS, convert_weight_decay, decay_timescale, weight_decay_from_timescale
-from .groups import effective_decay, param_groups
-from .optimizers import SGDW, AdamW, decouple
-from .schedules import CosineWarmRestarts, normalized_weight_decay
+# The names below are imported on first use (PEP 562), not here: importing torch takes a second or more, and the
+# ``decoupled`` command must answer --help and --version, and handle a Ctrl-C, before it has paid for that.
+# ``from decoupled import AdamW`` and ``decoupled.AdamW`` work as with plain imports.
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .conventions import DECAY_CONVENTIONS, convert_weight_decay, decay_timescale, weight_decay_from_timescale
+    from .groups import effective_decay, param_groups
+    from .optimizers import SGDW, AdamW, decouple
+    from .schedules import CosineWarmRestarts, normalized_weight_decay
+
+# Each public name -> the submodule that defines it.
+_EXPORTS = {
+    "DECAY_CONVENTIONS": "conventions",
+    "convert_weight_decay": "conventions",
+    "decay_timescale": "conventions",
+    "weight_decay_from_timescale": "conventions",
+    "effective_decay": "groups",
+    "param_groups": "groups",
+    "SGDW": "optimizers",
+    "AdamW": "optimizers",
+    "decouple": "optimizers",
+    "CosineWarmRestarts": "schedules",
+    "normalized_weight_decay": "schedules",
+}
 
 __all__ = [
     "DECAY_CONVENTIONS",
@@ -26,3 +50,16 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'decoupled' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

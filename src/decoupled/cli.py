@@ -1,14 +1,21 @@
 """The ``decoupled`` command line: ``decoupled sweep``, ``decoupled reproduce`` and ``decoupled report DIR...``.
 
 Each subcommand is one entry of :data:`COMMANDS` (name, help, a function that adds its arguments, a function
-that runs it and returns the exit code), so another command (``bench``) is one more entry. Bad input gets one
-line on stderr and exit code 2, never a traceback; nothing already stored is touched by a refused command.
+that runs it and returns the exit code), so another command (``bench``) is one more entry. Bad input, and a
+filesystem that fails (a file in the way, read-only, full), get one line on stderr and exit code 2, never a
+traceback; nothing already stored is touched by a refused command. Ctrl-C at any moment is one line and exit code
+130; a closed output pipe (``decoupled sweep | head``) silences the output and the sweep goes on.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import signal
+import sqlite3
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +27,10 @@ if TYPE_CHECKING:
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# The modules of the [sweep] extra (pyproject.toml), by import name, and the one line a missing one gets.
+SWEEP_EXTRA_MODULES = ("mnist1d", "sklearn", "matplotlib", "rich", "tomli")
+INSTALL_SWEEP_EXTRA = 'pip install "decoupled[sweep]"'
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +51,30 @@ class Command:
 def _fail(prog: str, message: str) -> int:
     print(f"{prog}: error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def _missing_extra(prog: str, module: str) -> int:
+    return _fail(prog, f"the sweep toolkit needs the [sweep] extra (no module named {module!r}): {INSTALL_SWEEP_EXTRA}")
+
+
+def _require_modules(prog: str, modules: Sequence[str]) -> int | None:
+    """Exit code for the first of ``modules`` that cannot be imported (checked before any work), else None."""
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # an import hook that refuses it, or a module set to None
+            found = False
+        if not found:
+            return _missing_extra(prog, module)
+    return None
+
+
+def _filesystem_message(error: OSError | sqlite3.Error) -> str:
+    """One line for a filesystem failure that reached the command (a full disk, a read-only folder)."""
+    if isinstance(error, OSError):
+        where = f" {error.filename!r}" if error.filename else ""
+        return f"cannot write{where}: {error.strerror or error}"
+    return f"the results store failed: {error}"
 
 
 def _print_report_paths(paths: ReportPaths) -> None:
@@ -102,6 +137,11 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         help="--backend ray: the cluster (default: RAY_ADDRESS, else a local Ray instance)",
     )
     how.add_argument("--no-report", action="store_true", help="do not render the report at the end")
+    how.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="run a plan past 10,000 runs or 1,000,000 generated examples (refused by default: likely a typo)",
+    )
     _add_weight_decay_axis_argument(how)
 
 
@@ -143,8 +183,8 @@ def _overrides(args: argparse.Namespace) -> dict:
             for name in OPTIMIZERS:
                 set_path(tree, ["grid", name, key], values)
     for item in args.set:
-        path, value = parse_override(item)
-        set_path(tree, path, value)
+        keys, value = parse_override(item)
+        set_path(tree, keys, value)
     return tree
 
 
@@ -158,46 +198,27 @@ def _default_out(name: str) -> Path:
     return out
 
 
-def _run_sweep(args: argparse.Namespace) -> int:
+def _refusals() -> tuple[type[BaseException], ...]:
+    """The errors a command turns into one line (see :func:`_refused`)."""
     from .experiments.backends import BackendError
-    from .experiments.config import ConfigError, load_sweep_config
-    from .experiments.data import DataError
-    from .experiments.findings.common import is_experiment_preset
-    from .experiments.progress import make_progress
-    from .experiments.report import render_report
-    from .experiments.store import StoreError
-    from .experiments.sweep import run_sweep
-    from .experiments.tasks import TaskError, load_task
 
-    prog = "decoupled sweep"
-    out: Path | None = None
-    if is_experiment_preset(args.preset):  # a finding's experiment (presets/findings/f1.toml ... f5.toml): several arms
-        return _run_experiment_preset(args)
-    try:
-        task = load_task(args.task) if args.task is not None else None
-        config = load_sweep_config(args.preset, args.config, _overrides(args), task=task)
-        out = Path(args.out) if args.out else _default_out(config.name)
-        options = _execution(args, out, prog)
-        device = options.device
-        cells = sum(grid.cells for grid in config.grids)
-        on = f"task {task.name!r}" if task is not None else config.data.dataset
-        print(f"decoupled sweep '{config.name}': {cells} cells x {config.seeds} seeds on {on}, "
-              f"device {device}; output folder: {out}", flush=True)  # fmt: skip
-        summary = run_sweep(config, options, make_progress(sys.stdout), task=task)
-    except (ConfigError, DataError, StoreError, TaskError, ValueError, BackendError, KeyboardInterrupt) as error:
-        return _refused(prog, error, out)
-    print(_summary_line(summary), flush=True)
-    for failure in summary.failed[:5]:
-        print(f"  failed: {failure.task.describe()}: {failure.error}", file=sys.stderr)
-    if not args.no_report:
-        _print_report_paths(render_report(out, weight_decay_unit=args.weight_decay_axis))
-    print(f"output folder: {out}")
-    return EXIT_FAILED_RUNS if summary.failed else EXIT_OK
+    return (*_toolkit_errors(), ValueError, BackendError, KeyboardInterrupt, OSError, sqlite3.Error)
+
+
+def _toolkit_errors() -> tuple[type[BaseException], ...]:
+    """The toolkit's own errors: their message is already the line (some are also OSErrors or ValueErrors)."""
+    from .experiments.config import ConfigError
+    from .experiments.data import DataError
+    from .experiments.files import OutputFolderError
+    from .experiments.store import StoreError
+    from .experiments.tasks import TaskError
+
+    return (ConfigError, DataError, StoreError, TaskError, OutputFolderError)
 
 
 def _refused(prog: str, error: BaseException, out: Path | None) -> int:
-    """The one line and exit code of a command that stopped on ``error``: bad input 2, a backend that failed 1,
-    Ctrl-C 130 (saying where the finished runs are)."""
+    """The one line and exit code of a command that stopped on ``error``: bad input or a failing filesystem 2,
+    a backend that failed 1, Ctrl-C 130 (saying where the finished runs are)."""
     from .experiments.backends import BackendError
 
     if isinstance(error, KeyboardInterrupt):
@@ -207,6 +228,8 @@ def _refused(prog: str, error: BaseException, out: Path | None) -> int:
     if isinstance(error, BackendError):
         print(f"{prog}: {error}", file=sys.stderr)
         return EXIT_FAILED_RUNS
+    if isinstance(error, (OSError, sqlite3.Error)) and not isinstance(error, _toolkit_errors()):
+        return _fail(prog, _filesystem_message(error) + _resume_hint(out))
     return _fail(prog, str(error))
 
 
@@ -217,7 +240,7 @@ def _execution(args: argparse.Namespace, out: Path, prog: str):
 
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    if args.backend == "ray":
+    if args.backend == "ray":  # the device and the default worker count are the cluster's, not this machine's
         from .experiments.ray_backend import connect, resolve_address
 
         address, origin = resolve_address(args.ray_address)
@@ -234,7 +257,7 @@ def _execution(args: argparse.Namespace, out: Path, prog: str):
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     return ExecutionOptions(out=out, workers=workers, device=device, threads=args.threads, backend=args.backend,
-                            address=args.ray_address)  # fmt: skip
+                            address=args.ray_address, allow_large=getattr(args, "allow_large", False))  # fmt: skip
 
 
 def _summary_line(summary) -> str:
@@ -246,16 +269,53 @@ def _summary_line(summary) -> str:
     )
 
 
+def _run_sweep(args: argparse.Namespace) -> int:
+    prog = "decoupled sweep"
+    from .experiments.config import check_size, load_sweep_config
+    from .experiments.findings.common import is_experiment_preset
+    from .experiments.progress import make_progress
+    from .experiments.sweep import run_sweep
+    from .experiments.tasks import load_task
+
+    out: Path | None = None
+    try:
+        if is_experiment_preset(args.preset):  # a finding's experiment (presets/findings/f1..f5.toml): several arms
+            return _run_experiment_preset(args)
+        task = load_task(args.task) if args.task is not None else None
+        config = load_sweep_config(args.preset, args.config, _overrides(args), task=task)
+        check_size(config, allow_large=args.allow_large)  # before anything is built, connected or written
+        needed = (
+            [] if task is not None else {"mnist1d": ["mnist1d"], "digits": ["sklearn"]}.get(config.data.dataset, [])
+        )
+        missing = _require_modules(prog, [*needed, *([] if args.no_report else ["matplotlib"])])
+        if missing is not None:
+            return missing
+        out = Path(args.out) if args.out else _default_out(config.name)
+        options = _execution(args, out, prog)
+        on = f"task {task.name!r}" if task is not None else config.data.dataset
+        print(f"decoupled sweep '{config.name}': {config.cells} cells x {config.seeds} seeds on {on}, "
+              f"device {options.device}; output folder: {out}", flush=True)  # fmt: skip
+        summary = run_sweep(config, options, make_progress(sys.stdout), task=task)
+    except _refusals() as error:
+        return _refused(prog, error, out)
+    print(_summary_line(summary), flush=True)
+    for failure in summary.failed[:5]:
+        print(f"  failed: {failure.task.describe()}: {failure.error}", file=sys.stderr)
+    if not args.no_report:
+        code = _render(prog, out, args.weight_decay_axis)
+        if code != EXIT_OK:
+            return code
+    print(f"output folder: {out}")
+    return EXIT_FAILED_RUNS if summary.failed else EXIT_OK
+
+
 def _run_experiment_preset(args: argparse.Namespace) -> int:
     """``decoupled sweep --preset f4``: one finding's experiment (all its arms, and those of the findings it
     reads) into one folder, then its report."""
-    from .experiments.backends import BackendError
     from .experiments.config import ConfigError
-    from .experiments.data import DataError
     from .experiments.findings.common import load_experiment
     from .experiments.progress import make_progress
-    from .experiments.reproduce import render_finding, run_experiment
-    from .experiments.store import StoreError
+    from .experiments.reproduce import run_experiment
 
     prog = "decoupled sweep"
     out: Path | None = None
@@ -266,6 +326,9 @@ def _run_experiment_preset(args: argparse.Namespace) -> int:
         if args.config is not None:
             raise ConfigError(f"--config layers over a sweep preset; {args.preset!r} is a finding's experiment "
                               "(use --set KEY=VALUE, which applies to each of its arms)")  # fmt: skip
+        missing = _require_modules(prog, ["mnist1d", *([] if args.no_report else ["matplotlib"])])
+        if missing is not None:
+            return missing
         overrides = _overrides(args)
         experiment = load_experiment(args.preset, overrides=overrides)
         out = Path(args.out) if args.out else _default_out(args.preset)
@@ -275,14 +338,45 @@ def _run_experiment_preset(args: argparse.Namespace) -> int:
         summary = run_experiment(
             experiment, options, make_progress(sys.stdout), include_needs=True, overrides=overrides
         )
-    except (ConfigError, DataError, StoreError, ValueError, BackendError, KeyboardInterrupt) as error:
+    except _refusals() as error:
         return _refused(prog, error, out)
     print(_summary_line(summary), flush=True)
     if not args.no_report:
-        result = render_finding(out)
-        print(f"{result.finding}: {result.verdict}; report: {out / 'report.md'} and {out / 'report.html'}")
+        code = _render_kind(prog, out, "finding")
+        if code != EXIT_OK:
+            return code
     print(f"output folder: {out}")
     return EXIT_FAILED_RUNS if summary.failed else EXIT_OK
+
+
+def _resume_hint(out: Path | None) -> str:
+    """For an error after the store was opened: the runs recorded before it are kept, and how to go on."""
+    from .experiments.store import STORE_FILENAME
+
+    if out is None or not (out / STORE_FILENAME).exists():
+        return ""
+    return f" (runs recorded so far are kept in {out}; the same command with --out {out} resumes)"
+
+
+def _render(prog: str, folder: Path | str, weight_decay_unit: str = "lambda") -> int:
+    """Render the report of ``folder``, saying so first (it takes seconds); one line on interrupt or failure."""
+    from .experiments.store import StoreError
+
+    print(f"rendering the report of {folder} ...", flush=True)
+    try:
+        from .experiments.report import render_report
+
+        paths = render_report(folder, weight_decay_unit=weight_decay_unit)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted while rendering the report; every run is stored: "
+              f"decoupled report {folder} renders it", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
+    except StoreError as error:
+        return _fail(prog, str(error))
+    except (OSError, sqlite3.Error) as error:
+        return _fail(prog, f"{_filesystem_message(error)} while rendering the report of {folder} (the runs are kept)")
+    _print_report_paths(paths)
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------------------------------------ reproduce
@@ -306,17 +400,17 @@ def _add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_reproduce(args: argparse.Namespace) -> int:
-    from .experiments.backends import BackendError
-    from .experiments.config import ConfigError, parse_override, set_path
-    from .experiments.data import DataError
+    from .experiments.config import parse_override, set_path
     from .experiments.progress import make_progress
-    from .experiments.reproduce import parse_only, render_reproduction, reproduce
-    from .experiments.store import StoreError
+    from .experiments.reproduce import parse_only, reproduce
 
     prog = "decoupled reproduce"
     out: Path | None = None
     try:
         findings = parse_only(args.only)
+        missing = _require_modules(prog, ["mnist1d", *([] if args.no_report else ["matplotlib"])])
+        if missing is not None:
+            return missing
         overrides: dict = {}
         for item in args.set:
             path, value = parse_override(item)
@@ -331,18 +425,15 @@ def _run_reproduce(args: argparse.Namespace) -> int:
 
         started = time.monotonic()
         summaries = reproduce(out, findings, args.smoke, options, progress_for, overrides or None)
-    except (ConfigError, DataError, StoreError, ValueError, BackendError, KeyboardInterrupt) as error:
+    except _refusals() as error:
         return _refused(prog, error, out)
     for name, summary in summaries.items():
         print(f"{name}: {_summary_line(summary)}", flush=True)
     failed = any(summary.failed for summary in summaries.values())
     if not args.no_report:
-        markdown, page = render_reproduction(out)
-        print(f"report: {markdown} and {page}")
-        for line in markdown.read_text(encoding="utf-8").splitlines():
-            if line.startswith("| F"):
-                cells = [cell.strip() for cell in line.strip("|").split(" | ")]
-                print(f"  {cells[0]}: {cells[4].strip('*')}")
+        code = _render_kind(prog, out, "reproduction")
+        if code != EXIT_OK:
+            return code
     print(f"{(time.monotonic() - started) / 60:.1f} minutes; output folder: {out}")
     return EXIT_FAILED_RUNS if failed else EXIT_OK
 
@@ -350,7 +441,7 @@ def _run_reproduce(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------- report
 
 
-def _add_weight_decay_axis_argument(parser: argparse.ArgumentParser) -> None:
+def _add_weight_decay_axis_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--weight-decay-axis", choices=["lambda", "tau"], default="lambda",
         help="label the heatmaps' decoupled weight decays as lambda (default) or as the timescale "
@@ -367,38 +458,68 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     _add_weight_decay_axis_argument(parser)
 
 
+def _render_kind(prog: str, folder: Path, kind: str, weight_decay_unit: str = "lambda") -> int:
+    """Render a finding's or a reproduction's report (a sweep's: :func:`_render`); one line on failure."""
+    from .experiments.reproduce import render_finding, render_reproduction
+    from .experiments.store import StoreError
+
+    if kind not in ("reproduction", "finding"):
+        return _render(prog, folder, weight_decay_unit)
+    print(f"rendering the report of {folder} ...", flush=True)
+    try:
+        if kind == "reproduction":
+            markdown, page = render_reproduction(folder)
+            print(f"report: {markdown} and {page}")
+            for line in markdown.read_text(encoding="utf-8").splitlines():
+                if line.startswith("| F"):
+                    cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+                    print(f"  {cells[0]}: {cells[4].strip('*')}")
+        else:
+            result = render_finding(folder)
+            print(f"{result.finding}: {result.verdict}; report: {folder / 'report.md'} and {folder / 'report.html'}")
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted while rendering the report; every run is stored: "
+              f"decoupled report {folder} renders it", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
+    except StoreError as error:
+        return _fail(prog, str(error))
+    except (OSError, sqlite3.Error) as error:
+        return _fail(prog, f"{_filesystem_message(error)} while rendering the report of {folder} (the runs are kept)")
+    return EXIT_OK
+
+
 def _run_report(args: argparse.Namespace) -> int:
-    from .experiments.compare import render_comparison
-    from .experiments.report import render_report
-    from .experiments.reproduce import folder_kind, render_finding, render_reproduction
     from .experiments.store import StoreError
 
     prog = "decoupled report"
+    missing = _require_modules(prog, ["matplotlib"])
+    if missing is not None:
+        return missing
+    from .experiments.compare import render_comparison
+    from .experiments.reproduce import folder_kind
+
     folders = [Path(folder) for folder in (args.folder, *args.more)]
     try:
         for folder in folders:
             if not folder.is_dir():
                 raise StoreError(f"{str(folder)!r} is not a folder (give an output folder of sweep or reproduce)")
+        if len(folders) == 1 and args.out is not None:
+            raise StoreError("--out is for a comparison of two or more folders")
         for folder in folders:
-            kind = folder_kind(folder)
-            if kind == "reproduction":
-                markdown, page = render_reproduction(folder)
-                print(f"report: {markdown} and {page}")
-            elif kind == "finding":
-                result = render_finding(folder)
-                print(
-                    f"{result.finding}: {result.verdict}; report: {folder / 'report.md'} and {folder / 'report.html'}"
-                )
-            else:
-                _print_report_paths(render_report(folder, weight_decay_unit=args.weight_decay_axis))
+            code = _render_kind(prog, folder, folder_kind(folder), args.weight_decay_axis)
+            if code != EXIT_OK:
+                return code
         if len(folders) > 1:
             out = Path(args.out) if args.out else _default_out("compare")
             markdown, page = render_comparison(folders, out)
             print(f"comparison: {markdown} and {page}")
-        elif args.out is not None:
-            raise StoreError("--out is for a comparison of two or more folders")
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; the stored runs are untouched", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except StoreError as error:
         return _fail(prog, str(error))
+    except (OSError, sqlite3.Error) as error:
+        return _fail(prog, _filesystem_message(error))
     return EXIT_OK
 
 
@@ -424,8 +545,20 @@ COMMANDS: list[Command] = [
 ]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("decoupled")
+    except PackageNotFoundError:  # run from a source tree without installing
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="decoupled", description="Decoupled weight decay (SGDW, AdamW): experiments.")
+    parser.add_argument("--version", action="version", version=f"decoupled {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     for command in COMMANDS:
@@ -455,9 +588,86 @@ def _join_negative_numbers(argv: Sequence[str]) -> list[str]:
     return joined
 
 
+class _PipeSafeOutput:
+    """Standard output that, once its reader has gone (``decoupled sweep | head -3``), drops what is written
+    instead of raising BrokenPipeError: the sweep goes on and records every run, only its output is lost."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._break()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._break()
+
+    def _break(self) -> None:
+        self.broken = True
+        try:  # point the descriptor at /dev/null, so the interpreter's own flush at exit cannot fail either
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a real file (a test's capture)
+            pass
+
+    def isatty(self) -> bool:
+        return not self.broken and self._stream.isatty()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+class _InterruptCounter:
+    """Counts Ctrl-Cs while a command runs (and raises KeyboardInterrupt as Python does). A Ctrl-C in the middle
+    of a third-party import can surface as another error (numpy's lazy attributes end in a RecursionError);
+    with the count, main still reports it as the interruption it was."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        signal.default_int_handler(signum, frame)
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
-    return args.handler(args)
+    saved = sys.stdout
+    sys.stdout = _PipeSafeOutput(saved)
+    interrupts = _InterruptCounter()
+    try:
+        args = build_parser().parse_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
+        return args.handler(args)
+    except KeyboardInterrupt:  # before a command's own handler is in place (e.g. while torch is imported)
+        print("\ndecoupled: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        if interrupts.count:  # a Ctrl-C that broke an import on its way
+            print("\ndecoupled: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        name = getattr(error, "name", None) or ""
+        if isinstance(error, ModuleNotFoundError) and name.split(".")[0] in SWEEP_EXTRA_MODULES:
+            return _missing_extra("decoupled", name)  # a module of the sweep extra, imported by the toolkit itself
+        raise
+    finally:
+        interrupts.restore()
+        sys.stdout = saved
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import kernels
-from .kernels.layout import is_dense
 from ._validation import (
     KernelChoiceError,
     check_beta,
@@ -32,6 +31,7 @@ from ._validation import (
     check_unit_interval,
 )
 from .conventions import DECAY_CONVENTIONS, check_decay, decay_terms, group_decay_terms
+from .kernels.layout import is_dense
 
 __all__ = ["AdamW", "SGDW", "decouple"]
 

@@ -32,7 +32,7 @@ def _refused(capsys, argv: list[str], expected: str) -> str:
     "argv, expected",
     [
         (["sweep", "--preset", "nope"], "decoupled sweep: error: unknown preset 'nope'; choose one of: default, paper, smoke"),
-        (["sweep", "--set", "train.epoch=3"], "unknown config key train.'epoch'"),
+        (["sweep", "--set", "train.epoch=3"], "unknown config key train.epoch;"),
         (["sweep", "--set", "grid.adamw.lr_log2=[-4,-8]"], "empty grid: grid.adamw.lr_log2 = [-4, -8] gives no learning rate"),
         (["sweep", "--optimizers", ","], "empty grid: optimizers = [] selects no optimizer"),
         (["sweep", "--lr", "-0.1"], "grid.adam.lr: learning rate must be > 0, got -0.1"),

@@ -84,8 +84,8 @@ def test_merge_is_deep():
 
 
 BAD_INPUTS = [
-    ({"bogus": 1}, "unknown config key 'bogus'; known keys here: name, seeds, optimizers, data, model, train, grid"),
-    ({"train": {"epoch": 3}}, "unknown config key train.'epoch'; known keys here: epochs, batch_size, schedule, "
+    ({"bogus": 1}, "unknown config key bogus; known keys here: name, seeds, optimizers, data, model, train, grid"),
+    ({"train": {"epoch": 3}}, "unknown config key train.epoch; known keys here: epochs, batch_size, schedule, "
                               "momentum, beta1, beta2, eps, decay_scope, eval_batch_size, curves"),
     ({"grid": {"adamw": {"lr_log2": [-6, -9]}}}, "empty grid: grid.adamw.lr_log2 = [-6, -9] gives no learning rate"),
     ({"optimizers": []}, "empty grid: optimizers = [] selects no optimizer"),
@@ -109,7 +109,7 @@ def test_bad_input_is_refused_with_its_message(overrides, message):
 
 
 def test_a_grid_table_with_both_forms_of_an_axis_is_refused():
-    """Layering keeps one form (a later layer's replaces an earlier one's), so build the table directly."""
+    """Built directly here; through the layers (a --config table with both) see test_faults."""
     raw = read_preset("smoke")
     raw["grid"]["adam"]["lr"] = [0.1]  # beside the preset's lr_log2
     with pytest.raises(ConfigError, match=re.escape("grid.adam: give lr or lr_log2, not both")):

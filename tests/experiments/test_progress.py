@@ -29,8 +29,9 @@ def test_plain_lines_when_not_a_terminal(tiny_config):
     progress.end()
     lines = stream.getvalue().splitlines()
     assert lines[0] == "3 runs to do (1 already in the store) on 2 workers"
-    assert lines[1].startswith("[1/3, ETA ") and "val 30.00%, test 30.00%, 2.0 s" in lines[1]
-    assert lines[3].startswith("[3/3") and "FAILED: ValueError: boom" in lines[3]
+    assert lines[1] == "2 workers starting (loading torch and the data) ..."
+    assert lines[2].startswith("[1/3, ETA ") and "val 30.00%, test 30.00%, 2.0 s" in lines[2]
+    assert lines[4].startswith("[3/3") and "FAILED: ValueError: boom" in lines[4]
     assert progress.best["adam"][0] == 0.3 and progress.best["adamw"][0] == 0.2
 
 

@@ -169,7 +169,7 @@ def test_the_command_line_connects_to_a_running_cluster_by_ray_address(cluster, 
                  "--weight-decay", "0.001", "--out", str(out), "--no-report", env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"decoupled sweep: on the Ray cluster at {info.address}: 2 CPUs, 0 GPUs" in result.stdout
-    assert "1 runs to do (0 already in the store) on 1 workers" in result.stdout
+    assert "1 runs to do (0 already in the store) on 1 worker" in result.stdout
     assert "recorded 1 runs" in result.stdout and "Traceback" not in result.stderr
     assert len(_rows(out)) == 1
 

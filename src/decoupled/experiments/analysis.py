@@ -199,8 +199,8 @@ def _optimizer_findings(
         runs[cell] = len(rows)
         diverged[cell] = sum(r["diverged"] for r in rows)
         for r in rows:
-            val_by_seed[(r["seed"], *cell)] = run_error(r, "val")
-            test_by_seed[(r["seed"], *cell)] = run_error(r, "test")
+            val_by_seed[(r["seed"],) + tuple(cell)] = run_error(r, "val")
+            test_by_seed[(r["seed"],) + tuple(cell)] = run_error(r, "test")
     findings = OptimizerFindings(grid, val_mean, test_mean, test_std, runs, diverged, None)
     findings.val_by_seed, findings.test_by_seed = val_by_seed, test_by_seed
     findings.cells_measured = int((runs > 0).sum())

@@ -19,7 +19,7 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence, Union
+from typing import Any, Generator, Protocol, Sequence, Union
 
 from .config import DataConfig
 from .train import RunRecord, RunTask, run_task, train_run
@@ -103,7 +103,7 @@ class Backend(Protocol):
     name: str
     workers: int
 
-    def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Iterator[Event]:
+    def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Generator[Event, None, None]:
         """Yield RunStarted, then RunFinished or RunFailed, for every task; stop workers when the iterator is
         closed early (an interrupted sweep)."""
         ...
@@ -195,7 +195,7 @@ class LocalBackend:
         self.workers = workers
         self.threads = threads
 
-    def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Iterator[Event]:
+    def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Generator[Event, None, None]:
         if not tasks:
             return
         import multiprocessing
@@ -217,8 +217,7 @@ class LocalBackend:
             )  # fmt: skip
             for index in range(count)
         ]
-        for process in processes:
-            process.start()
+        _start_ignoring_sigint(processes)
         in_flight: dict[int, RunTask] = {}
         outstanding = len(tasks)
         try:
@@ -264,6 +263,20 @@ class LocalBackend:
                 reason = f"worker process died (exit code {process.exitcode})"
                 failures.append(RunFailed(in_flight.pop(index), index, reason))
         return failures
+
+
+def _start_ignoring_sigint(processes: list) -> None:
+    """Start worker processes that ignore Ctrl-C from birth: a terminal's Ctrl-C reaches the whole process group,
+    and a worker still importing torch would print a KeyboardInterrupt traceback. The sweep process handles it
+    and stops the workers (``_worker_main`` ignores SIGINT too, for workers started otherwise)."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    try:
+        for process in processes:
+            process.start()  # a spawned child inherits the ignored disposition (and Python keeps it)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
 BACKENDS = ("local", "ray")

@@ -49,7 +49,10 @@ __all__ = [
     "RunConfig",
     "SweepConfig",
     "TrainConfig",
+    "MAX_GENERATED_EXAMPLES",
+    "MAX_RUNS",
     "available_presets",
+    "check_size",
     "load_sweep_config",
     "parse_override",
 ]
@@ -58,6 +61,13 @@ DATASETS = ("mnist1d", "digits", "cifar10")
 MODELS = ("conv1d", "mlp", "shake_shake")
 SCHEDULES = ("cosine", "constant", "step", "warm_restarts")
 DECAY_SCOPES = ("all", "weights")
+# Sizes past which a sweep is refused unless asked for (``--allow-large``): a typo such as ``--seeds 1000000000``
+# should cost one line, not hours of planning or days of data generation. The default sweep is 200 runs of
+# 10,000 examples; 10,000 runs is about 7 hours on 2 cores, and MNIST-1D generates at ~0.6 ms an example.
+MAX_RUNS = 10_000
+MAX_GENERATED_EXAMPLES = 1_000_000
+MAX_AXIS_VALUES = 100_000  # values per grid axis, checked before the axis is built
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding, which the MNIST-1D generator uses, takes seeds in [0, 2^32 - 1]
 
 
 @dataclass(frozen=True)
@@ -202,6 +212,16 @@ class SweepConfig:
     def run_config(self, optimizer: str, lr: float, weight_decay: float) -> RunConfig:
         return RunConfig(self.data, self.model, self.train, optimizer, lr, weight_decay, self.task)
 
+    @property
+    def cells(self) -> int:
+        """Learning-rate x weight-decay cells over every optimizer's grid."""
+        return sum(grid.cells for grid in self.grids)
+
+    @property
+    def runs(self) -> int:
+        """Runs in the whole plan: every cell times every seed (counted, not built)."""
+        return self.cells * self.seeds
+
     def to_dict(self) -> dict[str, Any]:
         return _without_task_defaults(asdict(self))
 
@@ -264,6 +284,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start]
+        raise ConfigError(
+            f"config file {str(path)!r} is not TOML text: byte {error.start} is {byte:#04x}, not UTF-8"
+        ) from None
     return _read_toml(text, f"config file {str(path)!r}")
 
 
@@ -294,13 +319,14 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any], _path: tuple[str
     """Deep-merge ``override`` into a copy of ``base``. Setting one form of a grid axis (``lr`` or ``lr_log2``)
     drops the other form from ``base``, so a user's explicit values replace a preset's range."""
     merged = copy.deepcopy(dict(base))
-    in_grid_table = len(_path) == 2 and _path[0] == "grid"
+    if len(_path) == 2 and _path[0] == "grid":
+        # Drop base's forms of each axis the override sets, before setting any: a layer that gives both forms
+        # keeps both, and the check refuses them (popping per key would silently drop the first one).
+        for forms in _AXIS_KEYS.values():
+            if any(form in override for form in forms):
+                for form in forms:
+                    merged.pop(form, None)
     for key, value in override.items():
-        if in_grid_table:
-            for forms in _AXIS_KEYS.values():
-                if key in forms:
-                    for other in forms:
-                        merged.pop(other, None)
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
             merged[key] = merge(merged[key], value, (*_path, key))
         else:
@@ -358,7 +384,7 @@ def _unknown_keys(table: Mapping[str, Any], allowed: tuple[str, ...] | list[str]
     for key in table:
         if key not in allowed:
             prefix = f"{where}." if where else ""
-            raise ConfigError(f"unknown config key {prefix}{key!r}; known keys here: {', '.join(allowed)}")
+            raise ConfigError(f"unknown config key {prefix}{key}; known keys here: {', '.join(allowed)}")
 
 
 def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -406,6 +432,8 @@ def _check_data(data: DataConfig) -> None:
     _choice(data.dataset, DATASETS, "data.dataset")
     for name in ("train_size", "val_size", "test_size"):
         _positive_int(getattr(data, name), f"data.{name}")
+    if not 0 <= data.seed <= SEED_MAX:
+        raise ConfigError(f"data.seed must be in [0, 2^32 - 1], got {data.seed!r}")
     if data.dataset == "cifar10" and not data.data_dir:
         raise ConfigError("data.data_dir must name a folder for dataset cifar10 (--data-dir DIR)")
     if data.augment and data.dataset != "cifar10":
@@ -462,10 +490,24 @@ def _axis(table: Mapping[str, Any], axis: str, where: str) -> tuple[float, ...]:
         ):
             raise ConfigError(f"{where}.{log2_key} must be [start, stop] or [start, stop, step] exponents, got {raw!r}")
         start, stop, step = (list(raw) + [1])[:3]
+        if not all(math.isfinite(v) for v in (start, stop, step)):
+            raise ConfigError(f"{where}.{log2_key}: exponents must be finite numbers, got {raw!r}")
         if step <= 0:
             raise ConfigError(f"{where}.{log2_key}: step must be > 0, got {step!r}")
-        count = math.floor((stop - start) / step + 1e-9) + 1
-        values = [2.0 ** (start + i * step) for i in range(max(count, 0))]
+        count = max(math.floor((stop - start) / step + 1e-9) + 1, 0)
+        if count > MAX_AXIS_VALUES:
+            raise ConfigError(
+                f"{where}.{log2_key} = {raw!r} gives {count:,} values; at most {MAX_AXIS_VALUES:,} per axis"
+            )
+        values = []
+        for i in range(count):
+            exponent = start + i * step
+            try:
+                values.append(2.0**exponent)
+            except OverflowError:
+                raise ConfigError(
+                    f"{where}.{log2_key} = {raw!r}: 2^{exponent:g} overflows a float (exponents must be below 1024)"
+                ) from None
     else:
         raise ConfigError(f"{where} needs {values_key} = [values] or {log2_key} = [start, stop]")
     if not values:
@@ -473,13 +515,14 @@ def _axis(table: Mapping[str, Any], axis: str, where: str) -> tuple[float, ...]:
             f"empty grid: {where}.{log2_key if log2_key in table else values_key} = "
             f"{table.get(log2_key, table.get(values_key))!r} gives no {noun}"
         )
+    used = log2_key if log2_key in table else values_key
     for value in values:
         if axis == "lr" and value <= 0:
-            raise ConfigError(f"{where}.{values_key}: learning rate must be > 0, got {value!r}")
+            raise ConfigError(f"{where}.{used}: learning rate must be > 0, got {value!r}")
         if axis == "weight_decay" and value < 0:
-            raise ConfigError(f"{where}.{values_key}: weight decay must be >= 0, got {value!r}")
+            raise ConfigError(f"{where}.{used}: weight decay must be >= 0, got {value!r}")
     if len(set(values)) != len(values):
-        raise ConfigError(f"{where}.{values_key}: repeated value in {values!r}")
+        raise ConfigError(f"{where}.{used}: repeated value in {values!r}")
     return tuple(sorted(values))
 
 
@@ -518,6 +561,7 @@ def sweep_config_from_dict(raw: Mapping[str, Any]) -> SweepConfig:
     name = raw.get("name", "custom")
     if not isinstance(name, str):
         raise ConfigError(f"name must be a string, got {name!r}")
+    _check_name(name)
     seeds = raw.get("seeds", 2)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds (runs per cell) must be an integer >= 1, got {seeds!r}")
@@ -528,3 +572,37 @@ def sweep_config_from_dict(raw: Mapping[str, Any]) -> SweepConfig:
     _check_model(model, data)
     _check_train(train)
     return SweepConfig(name, seeds, data, model, train, _grids(raw))
+
+
+def _check_name(name: str) -> None:
+    """The name becomes the default output folder runs/NAME-TIME, so it must stay one folder name inside runs/."""
+    if (
+        not name
+        or name.startswith(".")
+        or any(sep in name for sep in ("/", "\\"))
+        or any(ord(char) < 32 for char in name)
+    ):
+        raise ConfigError(
+            f"name must be a plain folder name (no '/', '\\', leading '.' or control characters), got {name!r}"
+        )
+
+
+def check_size(config: SweepConfig, *, allow_large: bool = False) -> None:
+    """Refuse a plan past :data:`MAX_RUNS` runs, or MNIST-1D data past :data:`MAX_GENERATED_EXAMPLES` examples,
+    unless ``allow_large`` (``--allow-large``). Counts only: nothing is built."""
+    if allow_large:
+        return
+    if config.runs > MAX_RUNS:
+        raise ConfigError(
+            f"the plan has {config.runs:,} runs ({config.cells:,} cells x {config.seeds:,} seeds), more than "
+            f"{MAX_RUNS:,}; pass --allow-large to run it anyway"
+        )
+    data = config.data
+    total = data.train_size + data.val_size + data.test_size
+    if data.dataset == "mnist1d" and total > MAX_GENERATED_EXAMPLES:
+        hours = total * 0.6e-3 / 3600
+        raise ConfigError(
+            f"data sizes {data.train_size:,} + {data.val_size:,} + {data.test_size:,} = {total:,} MNIST-1D examples "
+            f"to generate (about {hours:,.0f} hours), more than {MAX_GENERATED_EXAMPLES:,}; pass --allow-large to "
+            "generate them anyway"
+        )

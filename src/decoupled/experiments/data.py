@@ -147,10 +147,14 @@ def _mnist1d(config: DataConfig, cache_dir: Path | None) -> Splits:
 
 
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write atomically: a worker reading the cache concurrently sees no file or the whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as handle:
-        np.savez(handle, **arrays)
+    """Write atomically: a worker reading the cache concurrently sees no file or the whole file. A failed write
+    (a full disk) leaves no file and is a DataError naming the cache file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as handle:
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stubs take the first keyword for allow_pickle
+    except OSError as error:
+        raise DataError(f"cannot write the data cache {str(path)!r}: {error.strerror or error}") from None
 
 
 # ----------------------------------------------------------------------------------------------------- digits

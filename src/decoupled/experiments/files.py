@@ -1,4 +1,4 @@
-"""Writing a file atomically, for files that other processes may read while it is written."""
+"""Files and folders of a sweep: writing a file atomically, and making sure an output folder can be written."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["atomic_write"]
+__all__ = ["OutputFolderError", "atomic_write", "prepare_output_folder", "remove_if_empty"]
+
+
+class OutputFolderError(ValueError):
+    """An output folder that cannot be made or written (a file in the way, a read-only or full filesystem, no
+    permission); the message is one line naming the folder and the reason."""
 
 
 @contextmanager
@@ -27,3 +32,55 @@ def atomic_write(path: Path, mode: str = "wb", **open_args: Any) -> Iterator[IO]
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def prepare_output_folder(folder: Path) -> list[Path]:
+    """Make ``folder`` (and missing parents) and check that a file can be written in it, before any work.
+
+    Returns the folders this call created, outermost first, so that a sweep refused later can remove them
+    again (:func:`remove_if_empty`). Raises :class:`OutputFolderError` for a path that is a file or lies under
+    one, a folder that cannot be made (``/proc``, no permission), or one that cannot be written (a read-only
+    or full filesystem).
+    """
+    created: list[Path] = []
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    for path in (folder, *folder.parents):
+        if path.exists() and not path.is_dir():
+            what = "is a file" if path == folder else f"lies under {str(path)!r}, which is a file"
+            raise OutputFolderError(f"output folder {str(folder)!r} {what}; choose another --out")
+        if path.exists():
+            break
+    try:
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:  # another sweep made it meanwhile
+                continue
+            created.append(path)
+    except OSError as error:
+        remove_if_empty(created)
+        raise OutputFolderError(f"cannot create output folder {str(folder)!r}: {_reason(error)}") from None
+    try:  # a real write: permissions alone do not show a read-only mount or a full disk
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(b"decoupled")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        remove_if_empty(created)
+        raise OutputFolderError(f"cannot write in output folder {str(folder)!r}: {_reason(error)}") from None
+    return created
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (innermost first) if it is empty; a refused sweep leaves no empty folder."""
+    for path in reversed(folders):
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return  # not empty: the folders above it are not empty either

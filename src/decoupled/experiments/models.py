@@ -81,12 +81,12 @@ class _ShakeShake(torch.autograd.Function):
     independent alpha, beta ~ U(0, 1) per image ("Shake-Shake-Image", Gastaldi 2017)."""
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
         alpha = torch.rand(a.shape[0], 1, 1, 1, device=a.device, dtype=a.dtype)
         return alpha * a + (1 - alpha) * b
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
         beta = torch.rand(grad.shape[0], 1, 1, 1, device=grad.device, dtype=grad.dtype)
         return beta * grad, (1 - beta) * grad
 

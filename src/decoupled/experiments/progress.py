@@ -20,6 +20,14 @@ def _percent(value: float | None) -> str:
     return "diverged" if value is None else f"{100 * value:.2f}%"
 
 
+def _count(number: int, noun: str) -> str:
+    """``1 worker``, ``2 workers``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+STARTING = "starting (loading torch and the data)"  # what a worker is doing before its first run
+
+
 class SweepProgress:
     """Shared bookkeeping; subclasses draw it. Call :meth:`begin`, then :meth:`update` per event, then :meth:`end`."""
 
@@ -30,17 +38,27 @@ class SweepProgress:
         self.workers = 0
         self.started_at = time.monotonic()
         self.running: dict[int, RunTask] = {}
+        self.run_started: dict[int, float] = {}  # worker -> when its current run started
+        self.durations: list[float] = []  # seconds from start to end of each finished run, as seen here
         self.best: dict[str, tuple[float, RunTask]] = {}  # optimizer -> (val error, task)
 
     def begin(self, total: int, skipped: int, workers: int) -> None:
         self.total, self.workers = total, workers
         self.started_at = time.monotonic()
 
+    def begin_line(self, total: int, skipped: int, workers: int) -> str:
+        return f"{total} runs to do ({skipped} already in the store) on {_count(workers, 'worker')}"
+
     def update(self, event: RunStarted | RunFinished | RunFailed) -> None:
+        now = time.monotonic()
         if isinstance(event, RunStarted):
             self.running[event.worker] = event.task
+            self.run_started[event.worker] = now
             return
         self.running.pop(event.worker, None)
+        began = self.run_started.pop(event.worker, None)
+        if began is not None:
+            self.durations.append(now - began)
         self.done += 1
         if isinstance(event, RunFailed):
             self.failed += 1
@@ -55,10 +73,15 @@ class SweepProgress:
             self.best[task.config.optimizer] = (record.final_val_error, task)
 
     def eta_seconds(self) -> float | None:
-        elapsed = time.monotonic() - self.started_at
-        if self.done == 0:
+        """Seconds left: the runs not finished times the mean run time, shared by the workers, less what the runs
+        in flight have already done. Measured from each run's start, so neither the seconds the workers take to
+        start nor the runs in flight at the first finish inflate it (elapsed / done would, by up to workers x)."""
+        if not self.durations:
             return None
-        return elapsed / self.done * (self.total - self.done)
+        mean = sum(self.durations) / len(self.durations)
+        now = time.monotonic()
+        in_flight = sum(min(now - began, mean) for began in self.run_started.values())
+        return max(mean * (self.total - self.done) - in_flight, 0.0) / max(self.workers, 1)
 
     def end(self) -> None:
         pass
@@ -73,7 +96,9 @@ class PlainProgress(SweepProgress):
 
     def begin(self, total: int, skipped: int, workers: int) -> None:
         super().begin(total, skipped, workers)
-        print(f"{total} runs to do ({skipped} already in the store) on {workers} workers", file=self.stream, flush=True)
+        print(self.begin_line(total, skipped, workers), file=self.stream, flush=True)
+        if total:
+            print(f"{_count(workers, 'worker')} {STARTING} ...", file=self.stream, flush=True)
 
     def update(self, event: RunStarted | RunFinished | RunFailed) -> None:
         super().update(event)
@@ -100,24 +125,30 @@ class RichProgress(SweepProgress):
         from rich.console import Console, Group
         from rich.live import Live
         from rich.progress import (
-            BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
-        )  # fmt: skip
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
         from rich.table import Table
 
         self._Group, self._Table = Group, Table
         self.console = Console()
         self.bar = Progress(
             TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
+            TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"), console=self.console,
         )  # fmt: skip
-        self.bar_task = self.bar.add_task("runs", total=1)
+        # Our ETA, not rich's TimeRemainingColumn: that one divides elapsed time by runs done, as eta_seconds says.
+        self.bar_task = self.bar.add_task("runs", total=1, eta="-:--")
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
 
     def _render(self):
         table = self._Table(show_header=False, box=None, padding=(0, 1))
         for worker in range(self.workers):
             task = self.running.get(worker)
-            table.add_row(f"worker {worker}", task.describe() if task else "[dim]idle")
+            idle = "[dim]idle" if self.done or self.running else f"[dim]{STARTING}"
+            table.add_row(f"worker {worker}", task.describe() if task else idle)
         best = self._Table(show_header=True, box=None, padding=(0, 1))
         best.add_column("best so far")
         best.add_column("val error", justify="right")
@@ -133,7 +164,7 @@ class RichProgress(SweepProgress):
 
     def begin(self, total: int, skipped: int, workers: int) -> None:
         super().begin(total, skipped, workers)
-        self.console.print(f"{total} runs to do ({skipped} already in the store) on {workers} workers")
+        self.console.print(self.begin_line(total, skipped, workers))
         self.bar.update(self.bar_task, total=max(total, 1), completed=0)
         self.live.start()
 
@@ -141,7 +172,8 @@ class RichProgress(SweepProgress):
         super().update(event)
         if isinstance(event, RunFailed):
             self.console.print(f"[red]run failed[/red] {event.task.describe()}: {event.error}")
-        self.bar.update(self.bar_task, completed=self.done)
+        eta = self.eta_seconds()
+        self.bar.update(self.bar_task, completed=self.done, eta="-:--" if eta is None else _clock(eta))
         self.live.update(self._render())
 
     def end(self) -> None:

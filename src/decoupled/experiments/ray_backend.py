@@ -22,6 +22,7 @@ one-line refusal with exit code 2), raised before any output folder is made.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import re
@@ -29,11 +30,19 @@ import socket
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Generator, Mapping, Sequence
 
 from .backends import (
-    BackendError, Event, RunFailed, RunFinished, RunStarted, WorkerSetup, failure, prepare_torch, train_task,
-)  # fmt: skip
+    BackendError,
+    Event,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    WorkerSetup,
+    failure,
+    prepare_torch,
+    train_task,
+)
 from .train import RunTask
 
 __all__ = ["ClusterInfo", "RayBackend", "RayUnavailable", "connect", "resolve_address"]
@@ -137,13 +146,13 @@ def _start_local(ray: Any, cpus: int | None) -> None:
     """
     constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
     saved = getattr(constants, "ENABLE_RAY_CLUSTER", None)
-    if saved is not None:
+    if constants is not None and saved is not None:
         constants.ENABLE_RAY_CLUSTER = False
     try:
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)  # fmt: skip
     finally:
-        if saved is not None:
+        if constants is not None and saved is not None:
             constants.ENABLE_RAY_CLUSTER = saved
 
 
@@ -254,7 +263,7 @@ class RayBackend:
         address, origin = resolve_address(address)
         connect(address, origin=origin)
 
-    def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Iterator[Event]:
+    def run(self, setup: WorkerSetup, tasks: Sequence[RunTask]) -> Generator[Event, None, None]:
         if not tasks:
             return
         import ray
@@ -294,10 +303,8 @@ class RayBackend:
                     yield self._outcome(ray, ref, slot, task)
         finally:
             for ref in in_flight:  # an interrupted sweep: its runs in flight are not recorded anyway
-                try:
+                with contextlib.suppress(Exception):  # finished meanwhile, or the cluster is gone
                     ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001 - finished meanwhile, or the cluster is gone
-                    pass
 
     def task_options(self, setup: WorkerSetup) -> dict[str, Any]:
         """What each task asks Ray for: ``threads`` CPUs, and one GPU on cuda; retried when its worker dies."""

@@ -174,7 +174,7 @@ def _setup_lines(findings: Findings, parameters: int | None) -> list[str]:
         "lambda per step at eta_t = 1, in the decoupled convention theta <- theta - eta_t lambda theta (not multiplied "
         "by alpha; torch.optim.AdamW's weight_decay is lambda / alpha). For SGD/Adam it is the L2 factor lambda, "
         "g <- g + lambda theta. The paper's normalized decay (appendix B.1) is "
-        f"lambda_norm = lambda / sqrt(b / (B T))"
+        "lambda_norm = lambda / sqrt(b / (B T))"
         + (f" = lambda x {1 / normalizer:.1f} here." if not math.isnan(normalizer) else "."),
         f"Runs: {findings.runs_used} of {findings.runs_expected} recorded, {findings.runs_diverged} diverged "
         f"(NaN/inf loss; counted as 100% error); {findings.wall_time_total_s / 60:.1f} minutes of compute in all"

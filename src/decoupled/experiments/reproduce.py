@@ -135,8 +135,11 @@ def render_finding(folder: str | Path) -> FindingResult:
     result.wall_time_s = sum(f.wall_time_total_s for f in own)
     result.setup = _setup_text(experiment)
     if result.runs < result.runs_expected:
-        result.details.insert(0, f"**Provisional:** {result.runs} of {result.runs_expected} runs are stored (interrupted "
-                                 "or failed); the same `decoupled reproduce` command finishes them.")  # fmt: skip
+        provisional = (
+            f"**Provisional:** {result.runs} of {result.runs_expected} runs are stored (interrupted or failed); the "
+            "same `decoupled reproduce` command finishes them."
+        )
+        result.details.insert(0, provisional)
     hardware: dict = next((f.hardware for f in own if f.hardware), {})
     blocks = [("h1", f"{result.finding}: {result.title}" + (" (smoke)" if experiment.smoke else ""))]
     blocks += _summary_table([result], link=False)

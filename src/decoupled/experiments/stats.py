@@ -135,8 +135,8 @@ def _slope_from(coef: np.ndarray) -> float:
 
 
 def basin_slope(
-    x: Sequence[float],
-    y: Sequence[float],
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
     errors_by_seed: np.ndarray,
     usable: np.ndarray,
     level: float = LEVEL,

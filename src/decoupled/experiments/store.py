@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
+import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -92,7 +94,17 @@ CSV_COLUMNS = (
 
 
 class StoreError(RuntimeError):
-    """A store that cannot be used (not SQLite, not ours, or another schema version); one-line message."""
+    """A store that cannot be used (not SQLite, not ours, another schema version, damaged, or a write that failed:
+    a full disk, a read-only folder); one-line message."""
+
+
+def _recovery(path: Path) -> str:
+    """How to get on after a damaged store: copy out what it still holds (the sqlite3 shell's .recover), or move
+    it away and start afresh."""
+    return (
+        f"it was left unchanged: copy out what is readable with `sqlite3 {path} .recover | sqlite3 recovered.sqlite`"
+        f", or move it away and run again to start afresh"
+    )
 
 
 def _now() -> str:
@@ -111,7 +123,8 @@ class Store:
 
     @classmethod
     def open(cls, folder: str | Path, *, create: bool = True) -> "Store":
-        """Open (and with ``create``, make) the store of output folder ``folder``; check its schema version."""
+        """Open (and with ``create``, make) the store of output folder ``folder``; check its schema version and
+        its integrity. An existing file is never initialized: a store is created whole, or refused."""
         folder = Path(folder)
         path = folder / STORE_FILENAME
         if not path.exists() and not create:
@@ -121,31 +134,39 @@ class Store:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as error:
                 raise StoreError(f"cannot create output folder {str(folder)!r}: {error.strerror or error}") from None
+            if not path.exists():
+                _create(path)
+        if path.is_file() and path.stat().st_size == 0:
+            raise StoreError(
+                f"{str(path)!r} is empty (0 bytes), not a results store; it was left unchanged: it holds no runs, "
+                "so delete it (or move it away) and run again"
+            )
         try:
             # timeout: wait up to 60 s for another writer's transaction (each lasts milliseconds).
             connection = sqlite3.connect(path, timeout=60.0, isolation_level=None)
             connection.row_factory = sqlite3.Row
-            store = cls(path, connection)
-            store._initialize()
-        except sqlite3.DatabaseError as error:
-            raise StoreError(f"{str(path)!r} is not a readable results store ({error})") from None
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open {str(path)!r}: {error}") from None
+        store = cls(path, connection)
+        try:
+            store._check()
+        except sqlite3.Error as error:
+            connection.close()
+            if "unable to open" in str(error) or "readonly" in str(error):
+                raise StoreError(f"cannot open {str(path)!r}: {error} (is its folder writable?)") from None
+            raise StoreError(
+                f"{str(path)!r} is not a readable results store (damaged, or not SQLite: {error}); {_recovery(path)}"
+            ) from None
+        except BaseException:
+            connection.close()
+            raise
         return store
 
-    def _initialize(self) -> None:
+    def _check(self) -> None:
+        """Refuse a file that is not ours, is of another schema version, or is damaged; write nothing to it."""
         tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and "meta" not in tables:
+        if "meta" not in tables:
             raise StoreError(f"{str(self.path)!r} is an SQLite file but not a decoupled results store")
-        if not tables:
-            self._db.execute("PRAGMA journal_mode = WAL")  # readers never block the writer, and vice versa
-            with self._transaction():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?), ('created_at', ?)",
-                    (str(SCHEMA_VERSION), _now()),
-                )
-        self._db.execute("PRAGMA synchronous = FULL")  # a committed run survives power loss too
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         found = row[0] if row else "none"
         if found != str(SCHEMA_VERSION):
@@ -153,17 +174,37 @@ class Store:
                 f"{str(self.path)!r} was written with store schema version {found}; this version of decoupled "
                 f"reads version {SCHEMA_VERSION}: use another --out folder (the file was left unchanged)"
             )
+        # A damaged page (a disk error, a copy cut short) must stop us here, before a sweep writes into the file.
+        # quick_check reads every page: milliseconds for a sweep's store.
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise StoreError(f"{str(self.path)!r} is damaged ({'; '.join(problems)[:200]}); {_recovery(self.path)}")
+        self._db.execute("PRAGMA synchronous = FULL")  # a committed run survives power loss too
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        # BEGIN IMMEDIATE takes the write lock up front, so two writers queue instead of deadlocking.
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction. A failed write (a full disk, a read-only file) is a StoreError naming the file;
+        everything committed before it stays."""
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            # BEGIN IMMEDIATE takes the write lock up front, so two writers queue instead of deadlocking.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as error:
+            if isinstance(error, (sqlite3.ProgrammingError, sqlite3.IntegrityError)):
+                raise  # a bug here, not the disk
+            if self._db.in_transaction:
+                # The rollback may fail for the same reason as the write; it commits nothing either way.
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise StoreError(
+                f"cannot write to {str(self.path)!r}: {error}; the runs recorded before are kept"
+            ) from None
 
     def close(self) -> None:
         self._db.close()
@@ -267,13 +308,59 @@ class Store:
         ``rows``: what :meth:`runs` returned, for a caller that has just read them (else they are read here)."""
         path = Path(path)
         rows = self.runs() if rows is None else rows
-        with atomic_write(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
-            for row in rows:
-                writer.writerow(
-                    json.dumps(row[c], sort_keys=True) if c in _JSON_COLUMNS else
-                    ("" if row[c] is None else int(row[c]) if c == "diverged" else row[c])
-                    for c in CSV_COLUMNS
-                )  # fmt: skip
+        try:
+            with atomic_write(path, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(CSV_COLUMNS)
+                for row in rows:
+                    writer.writerow(
+                        json.dumps(row[c], sort_keys=True) if c in _JSON_COLUMNS else
+                        ("" if row[c] is None else int(row[c]) if c == "diverged" else row[c])
+                        for c in CSV_COLUMNS
+                    )  # fmt: skip
+        except OSError as error:
+            raise StoreError(
+                f"cannot write {str(path)!r}: {error.strerror or error} (the runs are safe in {self.path.name})"
+            ) from None
         return len(rows)
+
+
+def _create(path: Path) -> None:
+    """Make a store file whole: build the schema in a temporary file beside ``path`` and link it into place.
+
+    So ``path`` never exists half made (a 0-byte or schema-less file is refused, never filled in), and of two
+    sweeps creating one store at once, one links its file and the other opens that one.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".sqlite", dir=path.parent)
+    os.close(fd)
+    try:
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")  # readers never block the writer, and vice versa (kept in the file)
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?), ('created_at', ?)",
+                (str(SCHEMA_VERSION), _now()),
+            )
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)  # no overwrite: if another sweep made the store meanwhile, that one is used
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links: a rename, which is atomic too
+            if not path.exists():
+                os.replace(tmp, path)
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot create {str(path)!r}: {error}") from None
+    except OSError as error:
+        raise StoreError(f"cannot create {str(path)!r}: {error.strerror or error}") from None
+    finally:
+        for leftover in (tmp, tmp + "-wal", tmp + "-shm"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import provenance
 from .backends import Event, RunFailed, RunFinished, WorkerSetup, make_backend
-from .config import SweepConfig, with_task_data
+from .config import SweepConfig, check_size, with_task_data
 from .data import prepare_data
+from .files import prepare_output_folder, remove_if_empty
 from .progress import SweepProgress
-from .store import STORE_FILENAME, Store
+from .store import STORE_FILENAME, Store, StoreError
 from .tasks import AnyTask, TaskError, describe_sizes
 from .train import RunTask
 
@@ -45,6 +46,7 @@ class ExecutionOptions:
     threads: int = 1  # torch threads per CPU worker
     backend: str = "local"
     address: str | None = None  # ray: the cluster's address (else RAY_ADDRESS, else a local Ray instance)
+    allow_large: bool = False  # lift the size limits of config.check_size (MAX_RUNS runs, generated examples)
 
 
 @dataclass
@@ -126,8 +128,9 @@ def run_sweep(
 
     ``task``: a user task (:mod:`.tasks`; ``config`` made by ``load_sweep_config(..., task=task)``), else the
     built-in task of ``config.data`` and ``config.model``. Its data is loaded here once, to check it (and on
-    Ray to ship it) before anything runs. Raises ConfigError/DataError/StoreError/TaskError (bad input; nothing
-    stored is touched) before any run starts.
+    Ray to ship it) before anything runs. Raises ConfigError/DataError/StoreError/TaskError/OutputFolderError
+    (bad input; nothing stored is touched) before any run starts, and StoreError when a write fails later (a
+    full disk): the runs recorded before it are kept.
     """
     return run_sweeps([config], options, progress, task)
 
@@ -145,22 +148,30 @@ def run_sweeps(
             raise ValueError(f"sweeps {configs[0].name!r} and {config.name!r} use different data; run them apart")
     started = time.monotonic()
     summary = SweepSummary()
+    for config in configs:
+        check_size(config, allow_large=options.allow_large)  # counts only: before anything is built or written
     cache_dir = options.out / "data"
-    if (options.out / STORE_FILENAME).exists():
-        Store.open(options.out, create=False).close()  # refuse an incompatible store before any other work
+    # The folder first: a file in the way or a read-only/full filesystem is named as such, not as a bad store.
+    created = prepare_output_folder(options.out)
     task_data = None
-    if task is not None:
-        for config in configs:
-            if config.task != task.name:
-                raise ValueError(f"the config is for task {config.task!r}, not {task.name!r}: load it with task=")
-        if options.backend == "local" and not task.source:
-            _check_picklable(task)
-        task_data = task.load_data()  # raises TaskError on bad data
-        configs = [with_task_data(config, describe_sizes(task_data)) for config in configs]
-    else:
-        prepare_data(configs[0].data, cache_dir)  # fails early, in this process and before any folder is made for it
-    # Before the store too: a backend that cannot be used (Ray missing, a cluster out of reach) changes nothing.
-    backend = make_backend(options.backend, options.workers, options.threads, address=options.address)
+    try:
+        if (options.out / STORE_FILENAME).exists():
+            Store.open(options.out, create=False).close()  # refuse a damaged or incompatible store before any work
+        if task is not None:
+            for config in configs:
+                if config.task != task.name:
+                    raise ValueError(f"the config is for task {config.task!r}, not {task.name!r}: load it with task=")
+            if options.backend == "local" and not task.source:
+                _check_picklable(task)
+            task_data = task.load_data()  # raises TaskError on bad data
+            configs = [with_task_data(config, describe_sizes(task_data)) for config in configs]
+        else:
+            prepare_data(configs[0].data, cache_dir)  # fails early, in this process
+        # Before the store too: a backend that cannot be used (Ray missing, a cluster out of reach) changes nothing.
+        backend = make_backend(options.backend, options.workers, options.threads, address=options.address)
+    except BaseException:
+        remove_if_empty([*created, cache_dir])  # a refused sweep leaves no empty folder behind
+        raise
     with Store.open(options.out) as store:
         tasks: list[RunTask] = []
         seen: set[tuple[str, int]] = set()
@@ -186,8 +197,14 @@ def run_sweeps(
                 for event in events:
                     _record(event, store, summary)
                     progress.update(event)
-        finally:
+        except BaseException:
             progress.end()
-            store.export_csv(options.out / CSV_FILENAME)
+            # Best effort: the error in flight (Ctrl-C, a full disk) says more than a CSV that cannot be written
+            # for the same reason; every recorded run is in the store, and `decoupled report` rewrites the CSV.
+            with suppress(StoreError):
+                store.export_csv(options.out / CSV_FILENAME)
+            raise
+        progress.end()
+        store.export_csv(options.out / CSV_FILENAME)
     summary.wall_time_s = time.monotonic() - started
     return summary

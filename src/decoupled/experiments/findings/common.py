@@ -153,7 +153,7 @@ def load_experiment(preset: str, smoke: bool = False, overrides: Mapping[str, An
         tree = merge(tree, smoke_arms.get(arm_name, {}))
         if overrides:
             tree = merge(tree, overrides)
-        tree["name"] = f"{preset}/{arm_name}" + ("-smoke" if smoke else "")
+        tree["name"] = f"{preset}-{arm_name}" + ("-smoke" if smoke else "")  # one folder name (config checks it)
         configs.append(Arm(finding, arm_name, sweep_config_from_dict(tree)))
     return Experiment(finding, preset, smoke, tuple(configs), tuple(needs))
 

@@ -20,7 +20,10 @@ CLAIM = (
     "With L2 the best weight decay is tied to the learning rate (a diagonal basin); with decoupled weight decay "
     "the two are tuned independently (an axis-aligned basin)."
 )
-PAPER = "Figure 2 (CIFAR-10, 26 2x64d ResNet, 100 epochs): diagonal basins for SGD and Adam, axis-aligned for SGDW and AdamW"
+PAPER = (
+    "Figure 2 (CIFAR-10, 26 2x64d ResNet, 100 epochs): diagonal basins for SGD and Adam, axis-aligned for SGDW "
+    "and AdamW"
+)
 FIGURE = "heatmaps.png"
 PAIRS = (("sgd", "sgdw"), ("adam", "adamw"))
 

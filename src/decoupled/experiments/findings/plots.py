@@ -18,7 +18,7 @@ _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:
 def _forest(ax, items: Sequence[tuple[str, Interval | None]], xlabel: str, paper: Sequence[float | None] = ()) -> None:
     """One row per interval (points), a line at 0, the paper's value as a red diamond where given."""
     paper = list(paper) + [None] * (len(items) - len(paper))
-    for row, ((label, interval), value) in enumerate(zip(items, paper)):
+    for row, ((_label, interval), value) in enumerate(zip(items, paper)):
         y = len(items) - 1 - row
         if interval is None:
             ax.text(0, y, "n/a (fewer than 2 seeds)", va="center", ha="center", fontsize=8, color="#666666")
@@ -102,7 +102,7 @@ def plot_schedules(
     figure, axes = plt.subplots(1, 1 + panels, figsize=(6 + 5 * panels, 4.4), squeeze=False)
     _forest(axes[0][0], comparisons, "test-error difference (points); > 0: the paper's direction")
     axes[0][0].set_title("F5: schedules (95% intervals, paired over seeds)", fontsize=10)
-    for ax, (name, (cos, wr)) in zip(axes[0][1:], curves.items()):
+    for ax, (_name, (cos, wr)) in zip(axes[0][1:], curves.items()):
         epochs = 1
         for opt, color, what in ((cos, "tab:blue", "cosine"), (wr, "tab:red", "warm restarts")):
             for key, style, split in (("test_error", "-", "test"), ("val_error", "--", "validation")):
