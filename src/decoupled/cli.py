@@ -342,7 +342,7 @@ def _run_experiment_preset(args: argparse.Namespace) -> int:
         return _refused(prog, error, out)
     print(_summary_line(summary), flush=True)
     if not args.no_report:
-        code = _render_kind(prog, out, "finding")
+        code = _render(prog, out, kind="finding")
         if code != EXIT_OK:
             return code
     print(f"output folder: {out}")
@@ -358,15 +358,32 @@ def _resume_hint(out: Path | None) -> str:
     return f" (runs recorded so far are kept in {out}; the same command with --out {out} resumes)"
 
 
-def _render(prog: str, folder: Path | str, weight_decay_unit: str = "lambda") -> int:
-    """Render the report of ``folder``, saying so first (it takes seconds); one line on interrupt or failure."""
+def _render(prog: str, folder: Path | str, weight_decay_unit: str = "lambda", kind: str = "sweep") -> int:
+    """Render the report of ``folder`` (a sweep's, a finding's or a reproduction's: ``kind``), saying so first
+    (it takes seconds); one line on interrupt or failure."""
     from .experiments.store import StoreError
 
     print(f"rendering the report of {folder} ...", flush=True)
     try:
-        from .experiments.report import render_report
+        if kind == "reproduction":
+            from .experiments.reproduce import render_reproduction
 
-        paths = render_report(folder, weight_decay_unit=weight_decay_unit)
+            markdown, page = render_reproduction(Path(folder))
+            print(f"report: {markdown} and {page}")
+            for line in markdown.read_text(encoding="utf-8").splitlines():
+                if line.startswith("| F"):
+                    cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+                    print(f"  {cells[0]}: {cells[4].strip('*')}")
+        elif kind == "finding":
+            from .experiments.reproduce import render_finding
+
+            result = render_finding(Path(folder))
+            print(f"{result.finding}: {result.verdict}; report: {Path(folder) / 'report.md'} and "
+                  f"{Path(folder) / 'report.html'}")  # fmt: skip
+        else:
+            from .experiments.report import render_report
+
+            _print_report_paths(render_report(folder, weight_decay_unit=weight_decay_unit))
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted while rendering the report; every run is stored: "
               f"decoupled report {folder} renders it", file=sys.stderr)  # fmt: skip
@@ -375,7 +392,6 @@ def _render(prog: str, folder: Path | str, weight_decay_unit: str = "lambda") ->
         return _fail(prog, str(error))
     except (OSError, sqlite3.Error) as error:
         return _fail(prog, f"{_filesystem_message(error)} while rendering the report of {folder} (the runs are kept)")
-    _print_report_paths(paths)
     return EXIT_OK
 
 
@@ -431,7 +447,7 @@ def _run_reproduce(args: argparse.Namespace) -> int:
         print(f"{name}: {_summary_line(summary)}", flush=True)
     failed = any(summary.failed for summary in summaries.values())
     if not args.no_report:
-        code = _render_kind(prog, out, "reproduction")
+        code = _render(prog, out, kind="reproduction")
         if code != EXIT_OK:
             return code
     print(f"{(time.monotonic() - started) / 60:.1f} minutes; output folder: {out}")
@@ -458,36 +474,6 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     _add_weight_decay_axis_argument(parser)
 
 
-def _render_kind(prog: str, folder: Path, kind: str, weight_decay_unit: str = "lambda") -> int:
-    """Render a finding's or a reproduction's report (a sweep's: :func:`_render`); one line on failure."""
-    from .experiments.reproduce import render_finding, render_reproduction
-    from .experiments.store import StoreError
-
-    if kind not in ("reproduction", "finding"):
-        return _render(prog, folder, weight_decay_unit)
-    print(f"rendering the report of {folder} ...", flush=True)
-    try:
-        if kind == "reproduction":
-            markdown, page = render_reproduction(folder)
-            print(f"report: {markdown} and {page}")
-            for line in markdown.read_text(encoding="utf-8").splitlines():
-                if line.startswith("| F"):
-                    cells = [cell.strip() for cell in line.strip("|").split(" | ")]
-                    print(f"  {cells[0]}: {cells[4].strip('*')}")
-        else:
-            result = render_finding(folder)
-            print(f"{result.finding}: {result.verdict}; report: {folder / 'report.md'} and {folder / 'report.html'}")
-    except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted while rendering the report; every run is stored: "
-              f"decoupled report {folder} renders it", file=sys.stderr)  # fmt: skip
-        return EXIT_INTERRUPTED
-    except StoreError as error:
-        return _fail(prog, str(error))
-    except (OSError, sqlite3.Error) as error:
-        return _fail(prog, f"{_filesystem_message(error)} while rendering the report of {folder} (the runs are kept)")
-    return EXIT_OK
-
-
 def _run_report(args: argparse.Namespace) -> int:
     from .experiments.store import StoreError
 
@@ -506,7 +492,7 @@ def _run_report(args: argparse.Namespace) -> int:
         if len(folders) == 1 and args.out is not None:
             raise StoreError("--out is for a comparison of two or more folders")
         for folder in folders:
-            code = _render_kind(prog, folder, folder_kind(folder), args.weight_decay_axis)
+            code = _render(prog, folder, args.weight_decay_axis, kind=folder_kind(folder))
             if code != EXIT_OK:
                 return code
         if len(folders) > 1:
