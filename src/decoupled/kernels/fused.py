@@ -75,17 +75,17 @@ def adam(
                 )  # fmt: skip
                 return
             mine = [i for i in range(len(params)) if _native_takes(params[i], grads[i], *(s[i] for s in states))]
-            if mine and _native_layout_ok([_pick(tensors, mine) for tensors in (params, grads, *states)]):
+            if mine and _native_layout_ok([layout.pick(tensors, mine) for tensors in (params, grads, *states)]):
                 native.adam_(
-                    _pick(params, mine), _pick(grads, mine), _pick(exp_avgs, mine), _pick(exp_avg_sqs, mine),
-                    _pick(max_exp_avg_sqs, mine) if amsgrad else [], _pick(steps, mine),
+                    *(layout.pick(tensors, mine) for tensors in (params, grads, exp_avgs, exp_avg_sqs)),
+                    layout.pick(max_exp_avg_sqs, mine) if amsgrad else [], layout.pick(steps, mine),
                     keep=1 - decay_factor, cautious=cautious, **hyper,
                 )  # fmt: skip
                 rest = sorted(set(range(len(params))) - set(mine))
                 params, grads, exp_avgs, exp_avg_sqs, steps = (
-                    _pick(tensors, rest) for tensors in (params, grads, exp_avgs, exp_avg_sqs, steps)
+                    layout.pick(tensors, rest) for tensors in (params, grads, exp_avgs, exp_avg_sqs, steps)
                 )
-                max_exp_avg_sqs = _pick(max_exp_avg_sqs, rest) if amsgrad else []
+                max_exp_avg_sqs = layout.pick(max_exp_avg_sqs, rest) if amsgrad else []
     adam_torch(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
         decay_factor=decay_factor, cautious=cautious, **hyper,
@@ -176,14 +176,15 @@ def sgd(
     first = params[0]
     if first.is_cpu and native.supports_dtype(first.dtype):
         mine = [i for i in range(len(params)) if _native_takes(params[i], grads[i], buffers and buffers[i])]
-        if mine:
+        lists = [params, grads, *([buffers] if buffers else [])]
+        if mine and _native_layout_ok([layout.pick(tensors, mine) for tensors in lists]):  # as for Adam: raw writes
             native.sgd_(
-                [params[i] for i in mine], [grads[i] for i in mine], [buffers[i] for i in mine] if buffers else None,
+                layout.pick(params, mine), layout.pick(grads, mine), layout.pick(buffers, mine) if buffers else None,
                 keep=1 - decay_factor, l2=l2, **hyper,
             )  # fmt: skip
             rest = sorted(set(range(len(params))) - set(mine))
-            params, grads = [params[i] for i in rest], [grads[i] for i in rest]
-            momentum_buffers = [buffers[i] for i in rest] if buffers else []
+            params, grads = layout.pick(params, rest), layout.pick(grads, rest)
+            momentum_buffers = layout.pick(buffers, rest) if buffers else []
     sgd_torch(params, grads, momentum_buffers, decay_factor=decay_factor, l2=l2, **hyper)
 
 
@@ -219,10 +220,6 @@ def _native_layout_ok(lists: list[list[Tensor]]) -> bool:
     """Whether every parameter of ``lists`` (parameters first, then tensors of their shape) can be walked as raw
     memory (:func:`.layout.split_walkable`; the dispatcher made sure of it, checked again before raw writes)."""
     return not layout.split_walkable(lists, len(lists))[1]
-
-
-def _pick(tensors: list[Tensor], indices: list[int]) -> list[Tensor]:
-    return [tensors[i] for i in indices]
 
 
 def native_eligible(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | None) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_no_overlap", "is_dense", "relayout_like", "split_walkable"]
+__all__ = ["check_no_overlap", "is_dense", "pick", "relayout_like", "split_walkable"]
 
 _is_contiguous = Tensor.is_contiguous
 
@@ -75,10 +75,11 @@ def split_walkable(lists: list[list[Tensor]], elementwise: int) -> tuple[list[li
     if len(fast) == len(lists[0]):
         return lists, []
     slow = sorted(set(range(len(lists[0]))) - set(fast))
-    return [_pick(tensors, fast) for tensors in lists], [_pick(tensors, slow) for tensors in lists]
+    return [pick(tensors, fast) for tensors in lists], [pick(tensors, slow) for tensors in lists]
 
 
-def _pick(tensors: list[Tensor], indices: list[int]) -> list[Tensor]:
+def pick(tensors: list[Tensor], indices: list[int]) -> list[Tensor]:
+    """The entries of a parallel list at ``indices`` (an empty list, a state the update does not use, stays empty)."""
     return [tensors[i] for i in indices] if tensors else []
 
 
