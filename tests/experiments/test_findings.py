@@ -148,3 +148,29 @@ def test_new_keys_at_their_default_leave_run_hashes_unchanged():
     legacy = hashlib.sha256(json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     assert run.key() == legacy
     assert load_experiment("f4").arms[0].config.run_config("adamw", 0.03125, 0.001).key() != legacy
+
+
+def test_f4_on_budgets_whose_cliff_moves_as_updates_to_the_minus_half_is_reproduced(tmp_path):
+    """F4's own arms and grids, with the measured shape (a plateau, then a cliff) moved along log lambda by
+    -1/2 log(updates): the edges' exponent is -1/2 on both axes, and the verdict is reproduced."""
+    from decoupled.experiments.findings import f4
+
+    experiment = load_experiment("f4")
+    arms = {}
+    for arm in experiment.arms:
+        config = arm.config
+        updates = config.train.epochs * math.ceil(config.data.train_size / config.train.batch_size)
+        edge = -5.0 - 0.5 * (math.log2(updates) - 10)
+
+        def error(name, i, j, seed, grid=config.grids, edge=edge):
+            y = math.log2([g for g in grid if g.optimizer == name][0].weight_decays[j])
+            rng = np.random.default_rng(1000 * j + seed)
+            rise = 0.4 * max(0.0, y - (edge - math.log10(2) / 0.4))
+            return min(0.9, 0.03 * 10 ** (rise + 0.005 * rng.standard_normal()))
+
+        arms[(arm.finding, arm.name)] = analyze(config, _rows(config, error))
+    result = f4.analyze(arms, tmp_path)
+    assert result.verdict == REPRODUCED, result.ours
+    assert (tmp_path / f4.FIGURE).read_bytes()[:8] == PNG
+    estimates = [float(part.split()[-3]) for part in result.ours.split("; ")]  # "AdamW along epochs -0.50 [..]"
+    assert len(estimates) == 4 and all(abs(e + 0.5) < 0.03 for e in estimates)  # AdamW and SGDW, both axes

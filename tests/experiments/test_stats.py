@@ -9,6 +9,7 @@ import pytest
 
 from decoupled.experiments.stats import (
     Interval,
+    basin_edge,
     basin_slope,
     paired_interval,
     parabola_vertex,
@@ -111,3 +112,67 @@ def test_interval_helpers():
     assert interval.scaled(100).format() == "+1.00 [-0.20, +3.00]"
     assert interval.scaled(-1).low == pytest.approx(-0.03)
     assert math.isclose(interval.half_width, 0.016)
+
+
+def _plateau_cliff(edge: float, seeds: int, noise: float, rng, y=np.arange(-12, -1, 1.0)) -> np.ndarray:
+    """F4's measured shape: 3% error flat at small lambda, then a cliff whose log10 error rises 0.4 per unit of
+    log2 lambda from ``edge - log10(2) / 0.4`` on (so it reaches 2x the plateau exactly at ``edge``)."""
+    start = edge - math.log10(2) / 0.4
+    log_error = math.log10(0.03) + 0.4 * np.clip(y - start, 0, None)
+    return np.clip(10 ** (log_error[None] + noise * rng.standard_normal((seeds, len(y)))), None, 0.9)
+
+
+def test_basin_edge_finds_the_cliff_of_a_plateau_where_a_parabolas_vertex_follows_the_grid():
+    y = np.arange(-12, -1, 1.0)
+    rng = np.random.default_rng(5)
+    exact = _plateau_cliff(-5.3, 2, 0.0, rng)
+    fit = basin_edge(y, exact, stream=0)
+    assert fit is not None and fit.location == pytest.approx(-5.3, abs=1e-9) and fit.interval().half_width < 1e-9
+    # On a plateau the parabola's vertex sits wherever the grid's lower end puts it; the edge stays put.
+    wider = np.arange(-16, -1, 1.0)
+    wide = _plateau_cliff(-5.3, 2, 0.0, rng, y=wider)
+    vertices = [
+        parabola_vertex(grid, errors, errors[0] <= 2 * errors[0].min(), stream=0)
+        for grid, errors in ((y, exact), (wider, wide))
+    ]
+    assert all(v is not None for v in vertices) and vertices[0].location - vertices[1].location > 1.0
+    assert basin_edge(wider, wide, stream=0).location == pytest.approx(-5.3, abs=1e-9)
+    noisy = basin_edge(y, _plateau_cliff(-5.3, 3, 0.03, rng), stream=0)
+    assert noisy is not None and abs(noisy.location + 5.3) < 0.3 and noisy.interval().contains(noisy.location)
+
+
+def test_basin_edge_none_without_a_cliff_and_diverged_seeds_count_as_errors():
+    y = np.arange(-12, -1, 1.0)
+    flat = np.full((2, len(y)), 0.03)
+    assert basin_edge(y, flat, stream=0) is None  # never reaches twice the best
+    assert basin_edge(y[:2], flat[:, :2], stream=0) is None  # too few cells
+    with pytest.raises(ValueError, match="ascending"):
+        basin_edge(y[::-1], flat, stream=0)
+    diverged = flat.copy()
+    diverged[:, -3:] = 1.0  # the three largest lambdas diverged (a diverged seed counts as 100% error)
+    fit = basin_edge(y, diverged, stream=0)
+    assert fit is not None and y[-4] < fit.location < y[-3]
+    missing = flat.copy()
+    missing[:, 4] = np.nan  # a cell with no run is skipped, not read as a crossing
+    missing[:, -1] = 0.5
+    fit = basin_edge(y, missing, stream=0)
+    assert fit is not None and y[-2] < fit.location < y[-1]
+
+
+def test_edge_exponent_is_recovered_with_a_covering_interval():
+    """Budgets whose curves move along log lambda with a known exponent: the edges' exponent recovers it."""
+    budgets = [9.0, 10.0, 11.0]
+    y = np.arange(-12, -1, 1.0)
+    rng = np.random.default_rng(8)
+    exact = [basin_edge(y, _plateau_cliff(-5.0 - 0.5 * (t - 10), 2, 0.0, rng), stream=k) for k, t in enumerate(budgets)]
+    interval = scaling_exponent(budgets, exact)
+    assert interval is not None and interval.estimate == pytest.approx(-0.5, abs=1e-9)
+    hits, trials = 0, 100
+    for _ in range(trials):
+        fits = [
+            basin_edge(y, _plateau_cliff(-5.0 - 0.5 * (t - 10), 3, 0.03, rng), stream=k, replicates=400)
+            for k, t in enumerate(budgets)
+        ]
+        result = scaling_exponent(budgets, fits) if all(fits) else None
+        hits += result is not None and result.contains(-0.5)
+    assert 0.88 <= hits / trials <= 1.0

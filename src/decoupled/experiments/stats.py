@@ -13,7 +13,9 @@ threshold.
   y*(x) = -(c + e x) / (2 f), so d y* / d x = -e / (2 f): -1 for the paper's L2 diagonal (lambda * alpha
   constant), 0 for an axis-aligned basin. Its interval is a parametric bootstrap (below).
 * :func:`parabola_vertex`: the best log2(weight decay) of one budget, the vertex of a parabola fitted to
-  log10(error), and :func:`scaling_exponent`: the slope of log lambda* against log(number of updates) over
+  log10(error); :func:`basin_edge`: the upper edge of one budget's basin, where the error curve first climbs to
+  twice its best above the best (the statistic for a plateau at small lambda, then a cliff, which a parabola fits
+  badly); and :func:`scaling_exponent`: the slope of either location against log(number of updates) over
   budgets, with a bootstrap interval.
 
 The bootstrap: each replicate adds Gaussian noise to the fitted cell values and refits. Its variance per cell is
@@ -34,7 +36,8 @@ __all__ = [
     "LEVEL",
     "Interval",
     "SlopeFit",
-    "VertexFit",
+    "LocationFit",
+    "basin_edge",
     "basin_slope",
     "paired_interval",
     "parabola_vertex",
@@ -183,12 +186,21 @@ def basin_slope(
 
 
 @dataclass(frozen=True)
-class VertexFit:
-    """The best log2(weight decay) of one budget (a parabola's vertex over the cells that trained well)."""
+class LocationFit:
+    """A location on one budget's log2(weight decay) axis (a parabola's vertex, or the basin's upper edge), with
+    its bootstrap replicates."""
 
-    vertex: float  # log2 lambda*
-    draws: np.ndarray  # bootstrap replicates of the vertex (NaN where a replicate has no minimum)
-    inside: bool  # the vertex lies within the fitted cells' range
+    location: float  # log2 lambda
+    draws: np.ndarray  # bootstrap replicates of the location (NaN where a replicate has none)
+    inside: bool  # the location lies within the grid's range (a vertex outside it is an extrapolation)
+
+    def interval(self, level: float = LEVEL) -> Interval:
+        """The percentile interval of the replicates (unbounded when more than half have no location)."""
+        valid = ~np.isnan(self.draws)
+        if valid.mean() <= 0.5:
+            return Interval(self.location, -math.inf, math.inf, level)
+        low, high = _quantiles(self.draws[valid], int((~valid).sum()), level)
+        return Interval(self.location, low, high, level)
 
 
 def parabola_vertex(
@@ -198,7 +210,7 @@ def parabola_vertex(
     *,
     stream: int,
     replicates: int = REPLICATES,
-) -> VertexFit | None:
+) -> LocationFit | None:
     """Vertex of log10(error) ~ a + b y + c y^2 over y = log2 weight decays (n_y,), ``errors_by_seed``
     (seeds, n_y), ``usable`` (n_y,). None with fewer than 4 usable points or no minimum (c <= 0).
 
@@ -228,16 +240,79 @@ def parabola_vertex(
     # A vertex far outside the fitted range is extrapolation: clip replicates to one grid span beyond it.
     span = hi - lo
     draws = np.clip(draws, lo - span, hi + span)
-    return VertexFit(float(vertex), draws, lo <= vertex <= hi)
+    return LocationFit(float(vertex), draws, lo <= vertex <= hi)
 
 
-def scaling_exponent(log_updates: Sequence[float], fits: Sequence[VertexFit], level: float = LEVEL) -> Interval | None:
-    """Least-squares slope of log2(lambda*) against log2(updates) over budgets, with the bootstrap interval
-    of the same slope over the budgets' vertex replicates; None with fewer than 2 distinct budgets."""
+def _first_crossing(y: np.ndarray, log_means: np.ndarray, rise: float) -> np.ndarray:
+    """Per row of ``log_means`` (replicates, cells; ``y`` ascending): the y where the curve, linearly
+    interpolated, first reaches min + ``rise`` above its minimum; NaN where it never does."""
+    low = np.argmin(log_means, axis=1)
+    level = log_means[np.arange(len(log_means)), low] + rise
+    out = np.full(len(log_means), np.nan)
+    for j in range(1, len(y)):  # a scan over the few cells, vectorized over the replicates
+        fresh = np.isnan(out) & (j > low) & (log_means[:, j] >= level)
+        if fresh.any():
+            below, above = log_means[fresh, j - 1], log_means[fresh, j]
+            share = (level[fresh] - below) / (above - below)
+            out[fresh] = y[j - 1] + share * (y[j] - y[j - 1])
+    return out
+
+
+def basin_edge(
+    y: Sequence[float] | np.ndarray,
+    errors_by_seed: np.ndarray,
+    *,
+    stream: int,
+    within: float = 2.0,
+    replicates: int = REPLICATES,
+) -> LocationFit | None:
+    """The upper edge of one budget's basin: the log2(weight decay) at which the mean test error, climbing from
+    its lowest point towards larger lambda, first reaches ``within`` x its lowest (linear in log10 error between
+    grid points). None when it never does within the grid, or with fewer than 3 measured cells.
+
+    ``y``: log2 weight decays (n_y,), ascending; ``errors_by_seed``: (seeds, n_y) error fractions (a diverged
+    seed counts as 1.0; NaN: no run). Why an edge and not an optimum: at small lambda the error is often a
+    plateau, flat to within the seed noise, and then a cliff just past the best; a plateau has no well-placed
+    minimum, but the cliff is steep, so where it crosses a level is pinned down tightly. If the error curve moves
+    along log lambda as the budget changes (as both predictions of F4 assume), its edge moves with its optimum.
+    ``within`` = 2 is the toolkit's "trained well" (``analysis.TRAINED_WITHIN``), fixed before any F4 run.
+
+    The interval: each replicate adds Gaussian noise to the cells' mean log errors (variance: the pooled seed
+    variance / seeds per cell, as :func:`basin_slope`) and finds the crossing again; ``stream`` as for
+    :func:`parabola_vertex`.
+
+    >>> round(basin_edge([-8, -6, -4, -2], np.array([[0.05, 0.05, 0.05, 0.4]] * 2), stream=0).location, 2)
+    -3.33
+    """
+    values = np.asarray(y, float)
+    if np.any(np.diff(values) <= 0):
+        raise ValueError(f"basin_edge: y must be strictly ascending, got {values.tolist()}")
+    measured = np.any(~np.isnan(errors_by_seed), axis=0)
+    if measured.sum() < 3:
+        return None
+    values = values[measured]
+    log_by_seed = _log_errors(errors_by_seed[:, measured])
+    target = np.nanmean(log_by_seed, axis=0)
+    rise = math.log10(within)
+    edge = float(_first_crossing(values, target[None], rise)[0])
+    if math.isnan(edge):
+        return None
+    sd = np.sqrt(_cell_noise(log_by_seed, 0.0))
+    rng = np.random.default_rng([20190103, stream])
+    draws = _first_crossing(values, target + rng.standard_normal((replicates, len(target))) * sd, rise)
+    return LocationFit(edge, draws, True)
+
+
+def scaling_exponent(
+    log_updates: Sequence[float], fits: Sequence[LocationFit], level: float = LEVEL
+) -> Interval | None:
+    """Least-squares slope of log2(lambda) (a vertex or an edge per budget) against log2(updates) over budgets,
+    with the bootstrap interval of the same slope over the budgets' replicates; None with fewer than 2 distinct
+    budgets. A replicate in which some budget has no location counts at both ends (it widens the interval)."""
     t = np.asarray(log_updates, float)
     if len(fits) < 2 or len(set(t)) < 2:
         return None
-    vertices = np.array([fit.vertex for fit in fits])
+    vertices = np.array([fit.location for fit in fits])
     centred = t - t.mean()
     denominator = float(np.sum(centred**2))
     estimate = float(np.sum(centred * (vertices - vertices.mean())) / denominator)

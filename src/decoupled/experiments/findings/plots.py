@@ -57,7 +57,7 @@ def plot_intervals(
 
 def plot_budgets(budgets: dict[tuple[str, str], Any], optimizers: Sequence[str], path: Path) -> Path:
     """F4: test error against raw lambda (left) and lambda_norm (right), one curve per budget, per optimizer;
-    the fitted lambda* of each budget as a dotted vertical line."""
+    each budget's lambda_edge (the basin's upper edge, the verdict's statistic) as a dotted vertical line."""
     plt = _pyplot()
     figure, axes = plt.subplots(len(optimizers), 2, figsize=(11, 3.8 * len(optimizers)), squeeze=False)
     for row, name in enumerate(optimizers):
@@ -72,8 +72,8 @@ def plot_budgets(budgets: dict[tuple[str, str], Any], optimizers: Sequence[str],
                 ok = ~np.isnan(x)
                 ax.plot(x[ok], 100 * b.test_mean[ok], "o-", color=color, markersize=3,
                         label=f"{arm}: {b.updates} updates")  # fmt: skip
-                if b.fit is not None:
-                    ax.axvline(2**b.fit.vertex * scale, color=color, linestyle=":", linewidth=1)
+                if b.edge is not None:
+                    ax.axvline(2**b.edge.location * scale, color=color, linestyle=":", linewidth=1)
             ax.set_xscale("log", base=2)
             lows = [float(np.nanmin(b.test_mean)) for _, b in arms if np.isfinite(b.test_mean).any()]
             if lows:  # every budget's good region in view: from the lowest minimum to twice the highest one
@@ -85,7 +85,7 @@ def plot_budgets(budgets: dict[tuple[str, str], Any], optimizers: Sequence[str],
             if arms:
                 ax.legend(fontsize=7)
     figure.suptitle("F4: curves that line up on the right mean normalized decay removes the budget dependence;"
-                    " dotted: fitted lambda*", fontsize=10)  # fmt: skip
+                    " dotted: each budget's lambda_edge (error twice its best)", fontsize=10)  # fmt: skip
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
