@@ -82,15 +82,35 @@ def _smooth(name, i, j, seed):
     return 0.03 * 10 ** (0.02 * (i - 2) ** 2 + 0.08 * (j - centre) ** 2 + 0.01 * rng.standard_normal())
 
 
+def _cliff(name, i, j, seed):
+    """MNIST-1D's shape: 3% error flat at small weight decay, then a cliff (log10 error +0.1 per unit of log2
+    lambda, twice the plateau at the edge). Weight decays 2^-12 .. 2^-4 (j = 0 .. 4, 4x apart), learning rates 2x
+    apart (i): with L2 the edge falls one unit of log2 lambda per unit of log2 alpha (slope -1); decoupled, it
+    stays at 2^-7 (slope 0)."""
+    y = -12.0 + 2 * j
+    edge = -7.0 - (i - 2) if name == "adam" else -7.0
+    rng = np.random.default_rng(100 * i + 10 * j + seed)
+    rise = 0.1 * max(0.0, y - (edge - math.log10(2) / 0.1))
+    return 0.03 * 10 ** (rise + 0.01 * rng.standard_normal())
+
+
 def test_f1_on_a_known_landscape_is_reproduced_with_intervals():
     config = _config()
-    findings = analyze(config, _rows(config, _smooth))
+    findings = analyze(config, _rows(config, _cliff))
     adam, adamw = findings.by_name("adam"), findings.by_name("adamw")
+    assert adam.basin.unit == "rows" and adam.basin.cells == 5
     assert adam.basin.interval.contains(-1.0) and adam.basin.interval.high < -0.5
     assert adamw.basin.interval.contains(0.0) and adamw.basin.interval.half_width < 0.5
     [(base, variant, verdict)] = pair_verdicts(findings)
     assert verdict == REPRODUCED
     assert "reproduced" in pair_sentence(base, variant, verdict)
+
+
+def test_the_quadratic_cross_check_on_a_smooth_landscape():
+    findings = analyze(_config(), _rows(_config(), _smooth))
+    adam, adamw = findings.by_name("adam"), findings.by_name("adamw")
+    assert adam.basin_quadratic.interval.contains(-1.0) and adam.basin_quadratic.interval.high < -0.5
+    assert adamw.basin_quadratic.interval.contains(0.0) and adamw.basin_quadratic.interval.half_width < 0.5
 
 
 def test_every_run_diverged_no_slope_no_ring_no_pick_and_the_figures_render(tmp_path):

@@ -7,6 +7,7 @@ line) that connects to this instance by address, as a driver on a cluster's head
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -322,3 +323,24 @@ def test_a_raising_user_task_on_ray_is_recorded_as_failed_and_the_sweep_goes_on(
         (row,) = store.runs()
         (failure,) = store.failures()
     assert (row["optimizer"], row["final_test_error"], failure["optimizer"]) == ("adamw", 0.125, "sgd")
+
+
+def test_reproduce_runs_on_ray_with_the_local_backends_numbers_and_verdict(cluster, tmp_path):
+    """``decoupled reproduce --backend ray`` (a driver connecting by RAY_ADDRESS): the same runs, numbers and
+    verdict as the local backend's, and a second call resumes with nothing left to run."""
+    info, _ = cluster
+    env = {"RAY_ADDRESS": info.address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    on_ray, local = tmp_path / "ray", tmp_path / "local"
+    result = cli("reproduce", "--smoke", "--only", "F4", "--backend", "ray", "--out", str(on_ray), env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"on the Ray cluster at {info.address}" in result.stdout and "Traceback" not in result.stderr
+    assert cli("reproduce", "--smoke", "--only", "F4", "--workers", "2", "--out", str(local)).returncode == 0
+    ray_rows, local_rows = _rows(on_ray / "F4"), _rows(local / "F4")
+    assert ray_rows.keys() == local_rows.keys() and len(ray_rows) == 100
+    same = [k for k in OUTCOME if k != "device"]
+    for key, row in ray_rows.items():
+        assert {k: row[k] for k in same} == {k: local_rows[key][k] for k in same}
+    verdicts = [json.loads((folder / "F4" / "result.json").read_text())["ours"] for folder in (on_ray, local)]
+    assert verdicts[0] == verdicts[1]
+    again = cli("reproduce", "--smoke", "--only", "F4", "--backend", "ray", "--out", str(on_ray), env=env)
+    assert again.returncode == 0 and "0 runs to do (100 already in the store)" in again.stdout, again.stdout

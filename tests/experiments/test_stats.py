@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from decoupled.experiments.stats import (
+    REPLICATES,
     Interval,
+    LocationFit,
     basin_edge,
     basin_slope,
+    edge_slope,
     paired_interval,
     parabola_vertex,
     scaling_exponent,
@@ -114,7 +117,10 @@ def test_interval_helpers():
     assert math.isclose(interval.half_width, 0.016)
 
 
-def _plateau_cliff(edge: float, seeds: int, noise: float, rng, y=np.arange(-12, -1, 1.0)) -> np.ndarray:
+FINE = np.arange(-12, -1, 1.0)  # log2 weight decays 2x apart, as F4's
+
+
+def _plateau_cliff(edge: float, seeds: int, noise: float, rng, y: np.ndarray = FINE) -> np.ndarray:
     """F4's measured shape: 3% error flat at small lambda, then a cliff whose log10 error rises 0.4 per unit of
     log2 lambda from ``edge - log10(2) / 0.4`` on (so it reaches 2x the plateau exactly at ``edge``)."""
     start = edge - math.log10(2) / 0.4
@@ -176,3 +182,53 @@ def test_edge_exponent_is_recovered_with_a_covering_interval():
         result = scaling_exponent(budgets, fits) if all(fits) else None
         hits += result is not None and result.contains(-0.5)
     assert 0.88 <= hits / trials <= 1.0
+
+
+def _cliff_grid(slope: float, seeds: int, noise: float, rng, y: np.ndarray = FINE[:-1]) -> np.ndarray:
+    """(seeds, lr, wd) errors: a plateau, then a linear cliff in log error whose 2x point (the edge) moves
+    ``slope`` units of log2 lambda per unit of log2 lr around 2^-7."""
+    return np.stack([_plateau_cliff(-7.0 + slope * (x - X.mean()), seeds, noise, rng, y=y) for x in X], axis=1)
+
+
+@pytest.mark.parametrize("truth", [-1.0, 0.0, 0.5])
+def test_edge_slope_recovers_diagonal_and_axis_aligned_basins(truth):
+    y = np.arange(-12, -2, 1.0)
+    rng = np.random.default_rng(2)
+    fit = edge_slope(X, y, _cliff_grid(truth, 2, 0.0, rng), np.ones(len(X), bool))
+    assert fit is not None and fit.unit == "rows" and fit.cells == len(X)
+    assert fit.slope == pytest.approx(truth, abs=1e-9) and fit.interval.half_width < 1e-6
+    noisy = edge_slope(X, y, _cliff_grid(truth, 3, 0.03, rng), np.ones(len(X), bool))
+    assert noisy is not None and abs(noisy.slope - truth) < 0.3 and noisy.interval.contains(noisy.slope)
+
+
+def test_edge_slope_needs_three_rows_with_an_edge():
+    y = np.arange(-12, -2, 1.0)
+    errors = _cliff_grid(0.0, 2, 0.0, np.random.default_rng(0))
+    assert edge_slope(X, y, errors, np.array([True, True, False, False, False])) is None
+    flat = np.full_like(errors, 0.03)
+    flat[:, :2, -1] = 0.5  # only two rows reach twice their best within the grid
+    assert edge_slope(X, y, flat, np.ones(len(X), bool)) is None
+
+
+def test_edge_slope_interval_covers_the_truth_at_about_its_nominal_rate():
+    y = np.arange(-12, -2, 2.0)  # a coarse grid, 4x steps as the default sweep's: interpolation is inexact too
+    rng = np.random.default_rng(9)
+    hits, trials = 0, 150
+    for _ in range(trials):
+        fit = edge_slope(X, y, _cliff_grid(-1.0, 2, 0.03, rng, y=y), np.ones(len(X), bool), replicates=400)
+        hits += fit is not None and fit.interval.contains(-1.0)
+    assert 0.88 <= hits / trials <= 1.0
+
+
+def test_scaling_exponent_widens_for_scatter_its_locations_noise_does_not_explain():
+    """Exact locations (no replicate noise) that scatter about their line: the residual floor gives the slope
+    a Student-t-like interval instead of a zero-width one."""
+    t = np.array([8.0, 9.0, 10.0, 11.0, 12.0])
+    exact = [LocationFit(v, np.full(REPLICATES, v), True) for v in (-5.0, -5.9, -6.0, -6.4, -7.1)]
+    interval = scaling_exponent(t, exact)
+    slope, intercept = np.polyfit(t, [f.location for f in exact], 1)
+    se = math.sqrt(np.sum((np.array([f.location for f in exact]) - (slope * t + intercept)) ** 2) / 3 / 10)
+    assert interval.estimate == pytest.approx(slope)
+    assert 1.5 * 1.96 * se < interval.half_width < 1.3 * 3.18 * se  # near t(3)'s 3.18 x se, far wider than 0
+    two = scaling_exponent(t[:2], exact[:2])  # two budgets: no residual, only the locations' own noise
+    assert two.half_width == 0

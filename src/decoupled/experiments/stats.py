@@ -12,6 +12,9 @@ threshold.
   log2(weight decay), on the cells that trained well. For each x the best y is the valley floor
   y*(x) = -(c + e x) / (2 f), so d y* / d x = -e / (2 f): -1 for the paper's L2 diagonal (lambda * alpha
   constant), 0 for an axis-aligned basin. Its interval is a parametric bootstrap (below).
+* :func:`edge_slope`: the same orientation from the basin's upper edge in each learning-rate row (where the
+  row's error climbs to twice its lowest): the verdict's statistic, since MNIST-1D's grids are a plateau at small
+  lambda and then a cliff, which a quadratic fits badly.
 * :func:`parabola_vertex`: the best log2(weight decay) of one budget, the vertex of a parabola fitted to
   log10(error); :func:`basin_edge`: the upper edge of one budget's basin, where the error curve first climbs to
   twice its best above the best (the statistic for a plateau at small lambda, then a cliff, which a parabola fits
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -39,6 +42,7 @@ __all__ = [
     "LocationFit",
     "basin_edge",
     "basin_slope",
+    "edge_slope",
     "paired_interval",
     "parabola_vertex",
     "scaling_exponent",
@@ -105,10 +109,15 @@ def _cell_noise(log_by_seed: np.ndarray, fitted_residual_var: float) -> np.ndarr
 
     ``log_by_seed``: (seeds, cells), NaN where a seed is missing."""
     counts = np.sum(~np.isnan(log_by_seed), axis=0)
+    return np.maximum(_pooled_variance(log_by_seed) / np.maximum(counts, 1), fitted_residual_var)
+
+
+def _pooled_variance(log_by_seed: np.ndarray) -> float:
+    """The within-cell variance of one seed, pooled over cells: (seeds, cells), NaN where a seed is missing."""
+    counts = np.sum(~np.isnan(log_by_seed), axis=0)
     centred = log_by_seed - np.nanmean(log_by_seed, axis=0)
     df = int(np.sum(np.maximum(counts - 1, 0)))
-    pooled = float(np.nansum(centred**2) / df) if df > 0 else 0.0
-    return np.maximum(pooled / np.maximum(counts, 1), fitted_residual_var)
+    return float(np.nansum(centred**2) / df) if df > 0 else 0.0
 
 
 def _quantiles(draws: np.ndarray, undefined: int, level: float) -> tuple[float, float]:
@@ -125,11 +134,12 @@ def _design_2d(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SlopeFit:
-    """The basin's orientation d log(lambda*) / d log(alpha), its interval, and the cells it used."""
+    """The basin's orientation d log(lambda) / d log(alpha), its interval, and the cells (or rows) it used."""
 
     slope: float
     interval: Interval
-    cells: int  # cells in the fit
+    cells: int  # cells in the fit (or rows: ``unit``)
+    unit: str = "cells"
 
 
 def _slope_from(coef: np.ndarray) -> float:
@@ -265,6 +275,7 @@ def basin_edge(
     stream: int,
     within: float = 2.0,
     replicates: int = REPLICATES,
+    seed_variance: float | None = None,
 ) -> LocationFit | None:
     """The upper edge of one budget's basin: the log2(weight decay) at which the mean test error, climbing from
     its lowest point towards larger lambda, first reaches ``within`` x its lowest (linear in log10 error between
@@ -278,7 +289,8 @@ def basin_edge(
     ``within`` = 2 is the toolkit's "trained well" (``analysis.TRAINED_WITHIN``), fixed before any F4 run.
 
     The interval: each replicate adds Gaussian noise to the cells' mean log errors (variance: the pooled seed
-    variance / seeds per cell, as :func:`basin_slope`) and finds the crossing again; ``stream`` as for
+    variance / seeds per cell, as :func:`basin_slope`; ``seed_variance`` gives the pooled variance of one seed's
+    log10 error instead, e.g. pooled over a whole grid) and finds the crossing again; ``stream`` as for
     :func:`parabola_vertex`.
 
     >>> round(basin_edge([-8, -6, -4, -2], np.array([[0.05, 0.05, 0.05, 0.4]] * 2), stream=0).location, 2)
@@ -297,7 +309,10 @@ def basin_edge(
     edge = float(_first_crossing(values, target[None], rise)[0])
     if math.isnan(edge):
         return None
-    sd = np.sqrt(_cell_noise(log_by_seed, 0.0))
+    if seed_variance is None:
+        sd = np.sqrt(_cell_noise(log_by_seed, 0.0))
+    else:
+        sd = np.sqrt(seed_variance / np.maximum(np.sum(~np.isnan(log_by_seed), axis=0), 1))
     rng = np.random.default_rng([20190103, stream])
     draws = _first_crossing(values, target + rng.standard_normal((replicates, len(target))) * sd, rise)
     return LocationFit(edge, draws, True)
@@ -307,8 +322,14 @@ def scaling_exponent(
     log_updates: Sequence[float], fits: Sequence[LocationFit], level: float = LEVEL
 ) -> Interval | None:
     """Least-squares slope of log2(lambda) (a vertex or an edge per budget) against log2(updates) over budgets,
-    with the bootstrap interval of the same slope over the budgets' replicates; None with fewer than 2 distinct
-    budgets. A replicate in which some budget has no location counts at both ends (it widens the interval)."""
+    with a bootstrap interval; None with fewer than 2 distinct budgets.
+
+    Each replicate refits the slope to the budgets' location replicates. With 3 or more budgets it also adds the
+    scatter of the locations about the line that their own noise does not explain (a grid's discreteness moves
+    an interpolated location by a different share of a cell in each budget): a residual variance drawn per
+    replicate as RSS / chi2(budgets - 2), less the locations' own variance, as independent noise per budget. That
+    is the floor :func:`basin_slope` puts on its cells' noise, with a Student-t's width for few budgets. A
+    replicate in which some budget has no location counts at both ends (it widens the interval)."""
     t = np.asarray(log_updates, float)
     if len(fits) < 2 or len(set(t)) < 2:
         return None
@@ -321,6 +342,55 @@ def scaling_exponent(
     if valid.mean() < 0.5:
         return Interval(estimate, -math.inf, math.inf, level, len(fits))
     d = draws[:, valid]
+    if len(fits) >= 3:
+        residual = vertices - vertices.mean() - estimate * centred
+        own = float(np.mean(np.var(d, axis=1)))
+        rng = np.random.default_rng([20190104, len(fits)])
+        drawn = float(np.sum(residual**2)) / rng.chisquare(len(fits) - 2, size=d.shape[1])
+        d = d + rng.standard_normal(d.shape) * np.sqrt(np.maximum(drawn - own, 0.0))
     slopes = np.sum(centred[:, None] * (d - d.mean(axis=0)), axis=0) / denominator
     low, high = _quantiles(slopes, int((~valid).sum()), level)
     return Interval(estimate, low, high, level, len(fits))
+
+
+def edge_slope(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    errors_by_seed: np.ndarray,
+    rows: np.ndarray,
+    *,
+    within: float = 2.0,
+    replicates: int = REPLICATES,
+) -> SlopeFit | None:
+    """The basin's orientation from its upper edge: per learning-rate row, the log2(weight decay) at which the
+    row's mean error first climbs to ``within`` x the row's lowest (:func:`basin_edge`), and the least-squares
+    slope of those edges against x = log2(learning rate): d log lambda_edge / d log alpha, -1 where L2 ties
+    weight decay to the learning rate (lambda alpha constant), 0 for an axis-aligned basin.
+
+    ``y``: log2 weight decays (n_y,), ascending (only lambda > 0); ``errors_by_seed``: (seeds, n_x, n_y), a
+    diverged seed as 1.0, NaN where no run; ``rows``: (n_x,) the rows that may count (their best cell trained
+    well). A row counts when it also has an edge in the grid; fewer than 3 such rows: None. The interval: each
+    row's edge replicates (noise from the seed variance pooled over the whole grid, an independent stream per
+    row), and the slope refitted per replicate; a replicate in which a counted row has no edge counts at both
+    ends, and with more than half such the interval is unbounded.
+
+    On a grid that is a plateau at small lambda and then a cliff (what MNIST-1D's grids show), a quadratic has
+    no well-placed valley (:func:`basin_slope` then gives an unbounded interval), while the cliff places each
+    row's edge tightly.
+    """
+    xs = np.asarray(x, float)
+    log_all = _log_errors(errors_by_seed.reshape(errors_by_seed.shape[0], -1))
+    variance = _pooled_variance(log_all)
+    fits, used = [], []
+    for i in np.flatnonzero(np.asarray(rows, bool)):
+        fit = basin_edge(y, errors_by_seed[:, i, :], stream=int(i), within=within, replicates=replicates,
+                         seed_variance=variance)  # fmt: skip
+        if fit is not None:
+            fits.append(fit)
+            used.append(xs[i])
+    if len(fits) < 3:
+        return None
+    interval = scaling_exponent(used, fits)
+    if interval is None:
+        return None
+    return SlopeFit(interval.estimate, replace(interval, n=len(fits)), len(fits), unit="rows")

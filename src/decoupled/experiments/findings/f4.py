@@ -137,7 +137,7 @@ def analyze(arms: dict[tuple[str, str], Findings], folder: Path) -> FindingResul
         "F4", TITLE, CLAIM, PAPER, "; ".join(parts), verdict, FIGURE,
         "Test error against raw lambda (left) and against lambda_norm (right), one curve per budget",
         details,
-        [("Exponent of lambda* per optimizer and axis", ["optimizer", "axis", "exponent [95% interval]",
+        [("Exponent of lambda_edge per optimizer and axis", ["optimizer", "axis", "exponent [95% interval]",
                                                          "normalized decay (inside?)", "timescale view (inside?)",
                                                          "verdict"], rows),
          ("lambda_edge per budget (95% interval of its log2)",
