@@ -114,6 +114,7 @@ def _cell_noise(log_by_seed: np.ndarray, fitted_residual_var: float) -> np.ndarr
 
 def _pooled_variance(log_by_seed: np.ndarray) -> float:
     """The within-cell variance of one seed, pooled over cells: (seeds, cells), NaN where a seed is missing."""
+    log_by_seed = log_by_seed[:, np.any(~np.isnan(log_by_seed), axis=0)]  # cells without a run say nothing
     counts = np.sum(~np.isnan(log_by_seed), axis=0)
     centred = log_by_seed - np.nanmean(log_by_seed, axis=0)
     df = int(np.sum(np.maximum(counts - 1, 0)))

@@ -75,8 +75,10 @@ def budget(arm: str, findings: Findings, name: str, stream: int) -> Budget | Non
 
 def exponent(budgets: list[Budget | None], location: str = "edge") -> Interval | None:
     """The exponent of one axis' budgets' ``location`` ("edge": lambda_edge, "vertex": lambda*) against their
-    number of updates; None unless every budget on the axis has that location."""
+    number of updates; None unless every budget on the axis has that location inside its grid (a vertex outside
+    the fitted cells is an extrapolation, on a plateau sometimes by dozens of octaves)."""
     fits = [getattr(b, location) for b in budgets if b is not None and getattr(b, location) is not None]
+    fits = [fit for fit in fits if fit.inside]
     if len(fits) < len(budgets) or len(fits) < 2:
         return None
     return scaling_exponent([math.log2(b.updates) for b in budgets if b is not None], fits)
@@ -131,7 +133,7 @@ def analyze(arms: dict[tuple[str, str], Findings], folder: Path) -> FindingResul
         "lambda with the budget moves its edge as its optimum.",
         "Cross-check, decides nothing: the same exponent from lambda* = the vertex of a parabola in log lambda "
         "fitted to the cells within twice the best error: " + "; ".join(vertex_parts) + " (n/a where some budget's "
-        "cells show no minimum: the plateau).",
+        "cells show no minimum, or one outside them: the plateau).",
     ]
     return FindingResult(
         "F4", TITLE, CLAIM, PAPER, "; ".join(parts), verdict, FIGURE,
