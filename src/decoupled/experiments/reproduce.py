@@ -107,14 +107,20 @@ def _gather(folder: Path, experiment: Experiment) -> dict[tuple[str, str], Any]:
 
 
 def _setup_text(experiment: Experiment) -> str:
-    config = experiment.arms[0].config
-    data, model, train = config.data, config.model, config.train
-    arms = ", ".join(arm.name for arm in experiment.arms if arm.finding == experiment.finding)
+    own = [arm for arm in experiment.arms if arm.finding == experiment.finding]
+    config = own[0].config
+    data, model = config.data, config.model
+
+    budgets = list(dict.fromkeys((arm.config.train.epochs, arm.config.train.batch_size) for arm in own))
+    if len(budgets) == 1:
+        training = f"{budgets[0][0]} epochs of batch {budgets[0][1]}"
+    else:  # F4's arms are budgets
+        training = "epochs x batch by arm " + ", ".join(f"{e} x {b}" for e, b in budgets)
     cells = sum(g.cells for arm in experiment.arms for g in arm.config.grids)
     return (
         f"{data.dataset} ({data.train_size} train / {data.val_size} validation / {data.test_size} test), "
-        f"{model.name} width {model.width}, {train.epochs} epochs of batch {train.batch_size}, {config.seeds} seeds; "
-        f"arms: {arms}; {cells} cells"
+        f"{model.name} width {model.width}, {training}, {config.seeds} seeds; "
+        f"arms: {', '.join(arm.name for arm in own)}; {cells} cells"
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -111,11 +110,19 @@ def plot_schedules(
                 ax.plot(np.arange(1, len(curve) + 1), curve, style, color=color, label=f"{opt.label} {what}, {split}")
         for k, end in enumerate(ends[:-1]):
             ax.axvline(end + 0.0, color="#999999", linestyle=":", linewidth=1, label="restart" if k == 0 else None)
-        finite = [100 * float(np.nanmin(o.best_curves["test_error"])) for o in (cos, wr)]
-        low = min(finite) if finite and all(math.isfinite(v) for v in finite) else 0.0
-        ax.set_ylim(low * 0.8, min(100.0, low * 4 + 2))
+        # A log axis: the first epochs (tens of points apart: what "anytime" is about) and the last (tenths of a
+        # point apart) both in view.
+        values = np.concatenate([100 * o.best_curves[k] for o in (cos, wr) for k in ("test_error", "val_error")])
+        values = values[np.isfinite(values) & (values > 0)]
+        if len(values):
+            low, high = float(values.min()) * 0.8, min(100.0, float(values.max()) * 1.15)
+            ax.set_yscale("log")
+            ax.set_ylim(low, max(high, low * 2))
+            ticks = [v * 10**e for e in range(-2, 3) for v in (1, 2, 5) if low <= v * 10**e <= high]
+            ax.set_yticks(ticks or [low, high])
+            ax.yaxis.set_minor_formatter(_null_formatter())
         epoch_axis(ax, epochs)
-        percent_axis(ax, "error (%)")
+        percent_axis(ax, "error (%, log scale)")
         ax.set_title(f"{cos.label}: cosine vs warm restarts (anytime)", fontsize=10)
         ax.legend(fontsize=7)
     if not curves:
@@ -125,3 +132,9 @@ def plot_schedules(
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def _null_formatter():
+    from matplotlib.ticker import NullFormatter
+
+    return NullFormatter()
