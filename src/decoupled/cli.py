@@ -94,7 +94,8 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE_OR_MODULE:NAME",
         help="your own model and data: a Task or LoopTask in a Python file or module (docs/your-model.md)",
     )
-    what.add_argument("--preset", default="default", help="a preset's name: default, smoke, paper (default: default)")
+    what.add_argument("--preset", default="default", help="a preset's name: default, smoke, paper, or a finding's "
+                      "experiment f1 .. f5 (default: default)")  # fmt: skip
     what.add_argument("--config", metavar="FILE", help="a TOML file layered over the preset (same keys as presets)")
     what.add_argument(
         "--optimizers", metavar="LIST",

@@ -194,3 +194,18 @@ def test_f4_on_budgets_whose_cliff_moves_as_updates_to_the_minus_half_is_reprodu
     assert (tmp_path / f4.FIGURE).read_bytes()[:8] == PNG
     estimates = [float(part.split()[-3]) for part in result.ours.split("; ")]  # "AdamW along epochs -0.50 [..]"
     assert len(estimates) == 4 and all(abs(e + 0.5) < 0.03 for e in estimates)  # AdamW and SGDW, both axes
+
+
+def test_f1_holds_the_default_sweeps_runs_and_halves_its_weight_decay_steps():
+    """F1's grid is the default sweep's with weight decays 2x apart: every default run is one of F1's (same
+    config hash), so a folder of `decoupled sweep` resumes into F1 and the two agree on those cells."""
+    f1 = load_experiment("f1").arms[0].config
+    default = load_sweep_config("default")
+
+    def keys(config):
+        return {config.run_config(g.optimizer, lr, wd).key() for g in config.grids for lr in g.lrs
+                for wd in g.weight_decays}  # fmt: skip
+
+    assert keys(default) < keys(f1) and len(keys(f1)) == 180
+    for grid in f1.grids:
+        assert np.allclose(np.diff(np.log2(grid.weight_decays)), 1.0) and len(grid.lrs) == 5
