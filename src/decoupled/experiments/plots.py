@@ -147,7 +147,11 @@ def plot_heatmaps(findings: Findings, path: Path, *, weight_decay_unit: str = "l
     per_row = 2 if len(order) > 1 else 1
     rows = max(math.ceil(len(order) / per_row), 1)
     columns = 2 * per_row
-    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 4.4 * rows), squeeze=False)
+    # Cells about square, so that two lines of label fit in each: taller panels for more weight decays than
+    # learning rates (F1's grid: 9 x 5).
+    shape = max((len(f.grid.weight_decays) / max(len(f.grid.lrs), 1) for f in findings.optimizers), default=1.0)
+    height = max(4.4, 1.2 + 3.4 * shape)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, height * rows), squeeze=False)
     low, high = color_range(findings)
     cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")  # grey: cells not run (yet), or diverged
     image = None
