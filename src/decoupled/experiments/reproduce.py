@@ -110,7 +110,6 @@ def _setup_text(experiment: Experiment) -> str:
     own = [arm for arm in experiment.arms if arm.finding == experiment.finding]
     config = own[0].config
     data, model = config.data, config.model
-
     budgets = list(dict.fromkeys((arm.config.train.epochs, arm.config.train.batch_size) for arm in own))
     if len(budgets) == 1:
         training = f"{budgets[0][0]} epochs of batch {budgets[0][1]}"

@@ -1,9 +1,10 @@
 """F1 (Figure 2): L2 and weight decay are not identical. With L2 the best weight decay is tied to the learning
 rate (a diagonal basin, slope about -1), with decoupled decay it is not (axis-aligned, slope about 0).
 
-Statistic: each optimizer's basin orientation from the basin's upper edge (:func:`decoupled.experiments.stats.
-edge_slope`: in each learning-rate row that trained well, where the test error climbs to twice the row's lowest;
-the slope of those edges against log alpha) with its 95% bootstrap interval; verdict per family by
+Statistic: each optimizer's basin orientation from the basin's upper edge
+(:func:`~decoupled.experiments.stats.edge_slope`: in each learning-rate row that trained well, where the test
+error climbs to twice the row's lowest; the slope of those edges against log alpha) with its 95% bootstrap
+interval; verdict per family by
 :func:`common.slope_pair_verdict`, combined over SGD and Adam. The valley of a quadratic fitted to the whole grid
 (:func:`~decoupled.experiments.stats.basin_slope`) and the argmin slope are shown beside it and decide nothing.
 """
