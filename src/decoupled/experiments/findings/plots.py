@@ -97,6 +97,8 @@ def plot_schedules(
     """F5: the schedule differences as intervals (left); test (solid) and validation (dashed) error against
     epoch for each cosine / warm-restart pair (right), restarts marked with vertical lines."""
     plt = _pyplot()
+    from matplotlib.ticker import NullFormatter  # after _pyplot(): matplotlib is the sweep extra's
+
     panels = max(len(curves), 1)
     figure, axes = plt.subplots(1, 1 + panels, figsize=(6 + 5 * panels, 4.4), squeeze=False)
     _forest(axes[0][0], comparisons, "test-error difference (points); > 0: the paper's direction")
@@ -120,7 +122,7 @@ def plot_schedules(
             ax.set_ylim(low, max(high, low * 2))
             ticks = [v * 10**e for e in range(-2, 3) for v in (1, 2, 5) if low <= v * 10**e <= high]
             ax.set_yticks(ticks or [low, high])
-            ax.yaxis.set_minor_formatter(_null_formatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
         epoch_axis(ax, epochs)
         percent_axis(ax, "error (%, log scale)")
         ax.set_title(f"{cos.label}: cosine vs warm restarts (anytime)", fontsize=10)
@@ -132,9 +134,3 @@ def plot_schedules(
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
-
-
-def _null_formatter():
-    from matplotlib.ticker import NullFormatter
-
-    return NullFormatter()
