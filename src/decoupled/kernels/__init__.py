@@ -35,11 +35,14 @@ from torch.utils._foreach_utils import (
 from . import foreach as _foreach
 from . import forloop as _forloop
 from . import fused as _fused
-from . import layout, native
+from . import layout, lowp, native
 
-__all__ = ["IMPLEMENTATIONS", "adam", "decay_", "layout", "native", "resolve", "sgd"]
+__all__ = ["IMPLEMENTATIONS", "PRECISIONS", "adam", "decay_", "layout", "lowp", "native", "resolve", "sgd"]
 
 IMPLEMENTATIONS: tuple[str, ...] = ("forloop", "foreach", "fused")
+# How a step writes a bfloat16/float16 parameter (see decoupled.precision): "nearest" in the parameter's own
+# arithmetic, as torch does; "exact" and "stochastic" from the float32 step of :mod:`.lowp`.
+PRECISIONS: tuple[str, ...] = ("exact", "stochastic", "nearest")
 _MODULES = {"forloop": _forloop, "foreach": _foreach, "fused": _fused}
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -139,6 +142,9 @@ def adam(
     capturable: bool = False,
     foreach: bool | None = None,
     fused: bool | None = None,
+    precision: str = "nearest",
+    remainders: list[Tensor] | None = None,
+    streams: list[Tensor] | None = None,
 ) -> None:
     """One step of Algorithm 2 (Adam with L2 when ``l2`` != 0, AdamW when ``decay_factor`` != 0).
 
@@ -152,7 +158,18 @@ def adam(
     With ``capturable`` (or step tensors off the CPU) the bias corrections are computed on the steps' device,
     without reading a step on the host; ``lr``, ``beta1``, ``beta2`` and ``decay_factor`` may then be 0-dim
     Tensors. Capturable steps run the foreach path (the for-loop path where foreach is not supported).
+
+    ``precision`` "exact" or "stochastic" (bfloat16/float16 parameters only, with float32 moments): the float32
+    step of :mod:`.lowp` on every path, with ``remainders`` ("exact") or ``streams`` ("stochastic").
     """
+    if precision != "nearest":
+        if capturable:
+            raise ValueError(f"precision={precision!r} does not take capturable steps")
+        lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else []]
+        lists += [steps, remainders or [], streams or []]
+        hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, decay_factor=decay_factor, l2=l2, amsgrad=amsgrad)
+        _run_lowp("adam", lists, foreach, fused, dict(hyper, maximize=maximize, cautious=cautious), precision)
+        return
     if cautious and l2 != 0:
         raise ValueError("cautious weight decay masks a decoupled decay; it has no meaning for an L2 penalty")
     lists = [params, grads, exp_avgs, exp_avg_sqs]
@@ -179,6 +196,9 @@ def sgd(
     cautious: bool = False,
     foreach: bool | None = None,
     fused: bool | None = None,
+    precision: str = "nearest",
+    remainders: list[Tensor] | None = None,
+    streams: list[Tensor] | None = None,
 ) -> None:
     """One step of Algorithm 1 (SGD with L2 when ``l2`` != 0, SGDW when ``decay_factor`` != 0).
 
@@ -187,13 +207,51 @@ def sgd(
         m = momentum m + lr g;   u = nesterov ? momentum m + lr g : m
         theta = (1 - c decay_factor) theta - u,   c = cautious ? 1[u theta >= 0] : 1
 
-    and u = lr g when ``momentum`` is 0 (``momentum_buffers`` may be empty then).
+    and u = lr g when ``momentum`` is 0 (``momentum_buffers`` may be empty then). ``precision`` as for
+    :func:`adam` (float32 momentum buffers).
     """
     if cautious and l2 != 0:
         raise ValueError("cautious weight decay masks a decoupled decay; it has no meaning for an L2 penalty")
     hyper = dict(lr=lr, momentum=momentum, nesterov=nesterov, maximize=maximize)
+    if precision != "nearest":
+        lists = [params, grads, momentum_buffers if momentum != 0 else [], remainders or [], streams or []]
+        hyper.update(decay_factor=decay_factor, l2=l2, cautious=cautious)
+        _run_lowp("sgd", lists, foreach, fused, hyper, precision)
+        return
     lists = [params, grads, momentum_buffers if momentum != 0 else []]
     _run("sgd", lists, 3, foreach, fused, dict(hyper, decay_factor=decay_factor, l2=l2, cautious=cautious))
+
+
+def _run_lowp(
+    family: str, lists: list[list[Tensor]], foreach: bool | None, fused: bool | None, hyper: dict, precision: str
+) -> None:
+    """Run ``family``'s low-precision step over parallel lists (in the order of its kernels' signatures), once per
+    device and dtype: the one-pass kernel by default and for ``fused=True``, the
+    float32 torch ops of :mod:`.lowp` for foreach (one launch per op) and the for-loop path (one tensor at a time).
+    Every path computes the same bits."""
+    if precision not in ("exact", "stochastic"):
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    params = lists[0]
+    if not params:
+        return
+    wrong = next((p for p in params if p.dtype not in lowp.LOW_PRECISION_DTYPES), None)
+    if wrong is not None:
+        raise ValueError(f"precision={precision!r} steps bfloat16 and float16 parameters, got {wrong.dtype}")
+    layout.check_no_overlap(params)
+    keys = [(p.device, p.dtype) for p in params]
+    if all(key == keys[0] for key in keys):
+        buckets = [(keys[0], lists)]
+    else:
+        positions: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for index, key in enumerate(keys):
+            positions.setdefault(key, []).append(index)
+        buckets = [(key, [layout.pick(tensors, where) for tensors in lists]) for key, where in positions.items()]
+    for (device, dtype), bucket in buckets:
+        implementation = resolve(device, dtype, foreach=foreach, fused=fused)
+        if implementation == "fused":
+            getattr(_fused, f"{family}_lowp")(*bucket, precision=precision, **hyper)
+        else:
+            getattr(lowp, family)(*bucket, precision=precision, foreach=implementation == "foreach", **hyper)
 
 
 def decay_(params: list[Tensor], decay_factor: float) -> None:

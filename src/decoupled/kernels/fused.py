@@ -23,12 +23,15 @@ All tensors of one call share a device and a dtype (the dispatcher groups them).
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from . import foreach, layout, native
+from . import foreach, layout, lowp, native
 
-__all__ = ["adam", "adam_torch", "sgd", "sgd_torch"]
+__all__ = ["adam", "adam_lowp", "adam_torch", "sgd", "sgd_lowp", "sgd_torch"]
 
 
 def adam(
@@ -304,3 +307,164 @@ def _dampening_is_exact(lr: float, dtype: torch.dtype) -> bool:
 def _torch_sgd_miscomputes(params: list[Tensor]) -> bool:
     """Whether torch's fused SGD would get these wrong: bfloat16/float16 CPU tensors (see :func:`sgd_torch`)."""
     return bool(params) and params[0].is_cpu and params[0].dtype in _REDUCED
+
+
+def adam_lowp(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    remainders: list[Tensor],
+    streams: list[Tensor],
+    *,
+    precision: str,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    decay_factor: float,
+    l2: float,
+    amsgrad: bool,
+    maximize: bool,
+    cautious: bool,
+) -> None:
+    """Algorithm 2 on low-precision parameters in one pass (:mod:`.lowp`'s float32 step): the native kernel for
+    the CPU tensors it takes, a Triton kernel for CUDA tensors where Triton is installed, and :func:`.lowp.adam`
+    (the same bits, several passes) for the rest. Increments ``steps``."""
+    if not params:
+        return
+    states = [exp_avgs, exp_avg_sqs, *([max_exp_avg_sqs] if amsgrad else [])]
+    _check_sizes(params, grads, *states, remainders)
+    extras = remainders if precision == "exact" else streams
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, l2=l2, amsgrad=amsgrad, maximize=maximize)
+    one_pass = _lowp_one_pass(params, grads, states, remainders, streams, steps)
+    if one_pass:
+        pick = functools.partial(_pick_each, one_pass)
+        kernel = native.adam_lowp_ if params[0].is_cpu else _triton().adam_lowp_
+        kernel(
+            *pick(params, grads, exp_avgs, exp_avg_sqs), pick(max_exp_avg_sqs) if amsgrad else [], pick(steps),
+            pick(extras), precision=precision, decay_factor=decay_factor, cautious=cautious and decay_factor != 0,
+            **hyper,
+        )  # fmt: skip
+        rest = sorted(set(range(len(params))) - set(one_pass))
+        if not rest:
+            return
+        pick = functools.partial(_pick_each, rest)
+        params, grads, exp_avgs, exp_avg_sqs, steps, remainders, streams = pick(
+            params, grads, exp_avgs, exp_avg_sqs, steps, remainders, streams
+        )
+        max_exp_avg_sqs = pick(max_exp_avg_sqs) if amsgrad else []
+    lowp.adam(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, remainders, streams, precision=precision,
+        decay_factor=decay_factor, cautious=cautious, foreach=True, **hyper,
+    )  # fmt: skip
+
+
+def sgd_lowp(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    remainders: list[Tensor],
+    streams: list[Tensor],
+    *,
+    precision: str,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    maximize: bool,
+    decay_factor: float,
+    l2: float,
+    cautious: bool,
+) -> None:
+    """Algorithm 1 on low-precision parameters in one pass, as :func:`adam_lowp` picks its kernels."""
+    if not params:
+        return
+    buffers = momentum_buffers if momentum != 0 else []
+    _check_sizes(params, grads, buffers, remainders)
+    extras = remainders if precision == "exact" else streams
+    hyper = dict(lr=lr, momentum=momentum, nesterov=nesterov, maximize=maximize, l2=l2)
+    one_pass = _lowp_one_pass(params, grads, [buffers] if buffers else [], remainders, streams, None)
+    if one_pass:
+        pick = functools.partial(_pick_each, one_pass)
+        kernel = native.sgd_lowp_ if params[0].is_cpu else _triton().sgd_lowp_
+        kernel(
+            *pick(params, grads, buffers, extras), precision=precision, decay_factor=decay_factor,
+            cautious=cautious and decay_factor != 0, **hyper,
+        )  # fmt: skip
+        rest = sorted(set(range(len(params))) - set(one_pass))
+        if not rest:
+            return
+        params, grads, buffers, remainders, streams = _pick_each(rest, params, grads, buffers, remainders, streams)
+    lowp.sgd(
+        params, grads, buffers, remainders, streams, precision=precision, decay_factor=decay_factor,
+        cautious=cautious, foreach=True, **hyper,
+    )  # fmt: skip
+
+
+def _pick_each(indices: list[int], *lists: list[Tensor]) -> Any:
+    """:func:`.layout.pick` of every list (one list alone when one is given)."""
+    picked = [layout.pick(tensors, indices) for tensors in lists]
+    return picked[0] if len(picked) == 1 else picked
+
+
+def _triton() -> Any:
+    from . import triton_lowp
+
+    return triton_lowp
+
+
+def _lowp_one_pass(
+    params: list[Tensor],
+    grads: list[Tensor],
+    moments: list[list[Tensor]],
+    remainders: list[Tensor],
+    streams: list[Tensor],
+    steps: list[Tensor] | None,
+) -> list[int]:
+    """The positions of the parameters a one-pass low-precision kernel takes: CPU tensors of a dtype the native
+    kernel supports (step counts it can read), or CUDA tensors where Triton is installed; each with a grad of its
+    dtype, float32 moments (``moments``: the lists kept, empty when none), a remainder of its dtype's kind, an
+    int64 (key, count) stream on its device, and one dense layout for all of them."""
+    first = params[0]
+    if first.is_cpu:
+        if not native.supports_lowp_dtype(first.dtype) or (steps is not None and native.adam_steps_code(steps) is None):
+            return []
+    elif not (first.is_cuda and _triton_available()):
+        return []
+    dtype, remainder_dtype = first.dtype, lowp.remainder_dtype(first.dtype)
+
+    def takes(index: int) -> bool:
+        param = params[index]
+        return (
+            grads[index].dtype is dtype
+            and all(tensors[index].dtype is torch.float32 for tensors in moments)
+            and (not remainders or remainders[index].dtype is remainder_dtype)
+            and (not streams or _stream_ok(streams[index], param))
+        )
+
+    chosen = [index for index in range(len(params)) if takes(index)]
+    if not chosen:
+        return []
+    lists = [layout.pick(tensors, chosen) for tensors in (params, grads, *moments, remainders)]
+    walkable = {id(param) for param in layout.split_walkable(lists, len(lists))[0][0]}
+    return [index for index in chosen if id(params[index]) in walkable]
+
+
+def _stream_ok(stream: Tensor, param: Tensor) -> bool:
+    return (
+        stream.dtype is torch.int64
+        and stream.numel() == 2
+        and stream.is_contiguous()
+        and (stream.device == param.device)
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_available() -> bool:
+    try:
+        from . import triton_lowp
+    except ImportError:
+        return False
+    return triton_lowp.available()

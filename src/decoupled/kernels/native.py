@@ -38,6 +38,7 @@ from torch import Tensor
 
 __all__ = [
     "adam_",
+    "adam_lowp_",
     "adam_preferred",
     "adam_steps_code",
     "available",
@@ -45,23 +46,27 @@ __all__ = [
     "forced",
     "unavailable_reason",
     "sgd_",
+    "sgd_lowp_",
     "supports_adam_dtype",
     "supports_dtype",
+    "supports_lowp_dtype",
     "team_size",
 ]
 
 _CSRC = Path(__file__).with_name("csrc")
 _SOURCES = (_CSRC / "sgd.c", _CSRC / "adam.c")  # compiled together into one library
 _HEADERS = (_CSRC / "common.h",)
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 _numel, _data_ptr = Tensor.numel, Tensor.data_ptr
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 # Tried in order: the fastest flags first, then ones any C compiler takes.
 # -fno-math-errno lets sqrt vectorize (it changes no result: IEEE sqrt is exact, only errno is not set).
+# -ffp-contract=off: no fused multiply-adds, so that every operation rounds once, as the torch ops of the other
+# paths do (gcc's -std=c11 implies it; clang contracts within an expression unless told not to).
 _FLAG_SETS = (
-    ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
-    ["-O3", "-fno-math-errno", "-fopenmp"],
-    ["-O3", "-fno-math-errno"],
+    ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp"],
+    ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fopenmp"],
+    ["-O3", "-fno-math-errno", "-ffp-contract=off"],
 )
 
 
@@ -195,6 +200,17 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
             ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_double, ctypes.c_double,
             ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int, ctypes.c_int,
             ctypes.c_int, ctypes.c_int,
+        ]  # fmt: skip
+        library.decoupled_adam_lowp.restype = ctypes.c_int
+        library.decoupled_adam_lowp.argtypes = [
+            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_double,
+            ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_double,
+            ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+        ]  # fmt: skip
+        library.decoupled_sgd_lowp.restype = ctypes.c_int
+        library.decoupled_sgd_lowp.argtypes = [
+            ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_double, ctypes.c_double,
+            ctypes.c_int, ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_int, ctypes.c_int,
         ]  # fmt: skip
         library.decoupled_team_size.restype = ctypes.c_int
         library.decoupled_team_size.argtypes = [ctypes.c_int]
@@ -400,3 +416,89 @@ def adam_(
     )  # fmt: skip
     if status != 0:
         raise RuntimeError(f"native Adam kernel failed with status {status} (dtype {params[0].dtype})")
+
+
+_LOWP_MODES = {"exact": 1, "stochastic": 2}
+
+
+def supports_lowp_dtype(dtype: torch.dtype) -> bool:
+    """Whether the native low-precision kernels take parameters of ``dtype`` (bfloat16; float16 where the C
+    compiler has _Float16)."""
+    return dtype in (torch.bfloat16, torch.float16) and supports_dtype(dtype)
+
+
+def adam_lowp_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    extras: list[Tensor],
+    *,
+    precision: str,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    decay_factor: float,
+    l2: float,
+    amsgrad: bool,
+    maximize: bool,
+    cautious: bool,
+) -> None:
+    """One Adam(W) step over low-precision CPU tensors of one dtype with float32 moments (csrc/adam.c,
+    decoupled_adam_lowp); ``extras`` are the remainders ("exact") or the rounding streams ("stochastic").
+    Increments ``steps`` (and the streams' counts). The caller guarantees dtypes, sizes and one dense layout per
+    parameter (:func:`decoupled.kernels.fused.adam` checks them): the kernel writes through raw addresses."""
+    library = _library()
+    count = len(params)
+    if count == 0:
+        return
+    steps_code = adam_steps_code(steps)
+    if steps_code is None:
+        raise RuntimeError("the native Adam kernel takes step counts that are float32 or float64 CPU scalars")
+    table = array("q", map(_numel, params))
+    for tensors in (params, grads, exp_avgs, exp_avg_sqs, steps, extras):
+        table.extend(map(_data_ptr, tensors))
+    if amsgrad:
+        table.extend(map(_data_ptr, max_exp_avg_sqs))
+    status = library.decoupled_adam_lowp(
+        count, table.buffer_info()[0], _DTYPE_CODES[params[0].dtype], _LOWP_MODES[precision], steps_code, lr, beta1,
+        beta2, eps, 1 - decay_factor, decay_factor, l2, int(amsgrad), int(maximize), int(cautious),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if status != 0:
+        raise RuntimeError(f"native low-precision Adam kernel failed with status {status} (dtype {params[0].dtype})")
+
+
+def sgd_lowp_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    extras: list[Tensor],
+    *,
+    precision: str,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    maximize: bool,
+    decay_factor: float,
+    l2: float,
+    cautious: bool,
+) -> None:
+    """One SGD(W) step over low-precision CPU tensors of one dtype with float32 momentum buffers (csrc/sgd.c,
+    decoupled_sgd_lowp); ``extras`` as for :func:`adam_lowp_`. Same guarantees from the caller."""
+    library = _library()
+    count = len(params)
+    if count == 0:
+        return
+    table = array("q", map(_numel, params))
+    for tensors in (params, grads, *([momentum_buffers] if momentum else []), extras):
+        table.extend(map(_data_ptr, tensors))
+    status = library.decoupled_sgd_lowp(
+        count, table.buffer_info()[0], _DTYPE_CODES[params[0].dtype], _LOWP_MODES[precision], lr, momentum,
+        int(nesterov), int(maximize), 1 - decay_factor, decay_factor, l2, int(cautious), torch.get_num_threads(),
+    )  # fmt: skip
+    if status != 0:
+        raise RuntimeError(f"native low-precision SGD kernel failed with status {status} (dtype {params[0].dtype})")

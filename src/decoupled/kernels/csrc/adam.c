@@ -26,10 +26,12 @@
 typedef struct {
     double beta1, beta2, eps, keep, l2, sign;
     int amsgrad, cautious;
+    double factor; /* 1 - keep as the caller computed it (the stochastic low-precision step decays by it) */
 } AdamHyper;
 
 typedef struct {
     double step_size, inv_bc2_sqrt; /* lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t) of one tensor */
+    uint32_t rounding;              /* the tensor's rounding key this step (stochastic low precision) */
 } Bias;
 
 #define OPPOSITE(a, b) (((a) > 0 && (b) < 0) || ((a) < 0 && (b) > 0))
@@ -37,12 +39,15 @@ typedef struct {
 #define ADAM_LOCALS(ACC)                                                                                 \
     const ACC beta1 = (ACC)h->beta1, beta2 = (ACC)h->beta2, one_minus_beta1 = (ACC)(1.0 - h->beta1);     \
     const ACC one_minus_beta2 = (ACC)(1.0 - h->beta2), eps = (ACC)h->eps, keep = (ACC)h->keep;           \
-    const ACC l2 = (ACC)h->l2, sign = (ACC)h->sign;                                                      \
+    const ACC l2 = (ACC)h->l2, sign = (ACC)h->sign, factor = (ACC)h->factor;                             \
     const ACC step_size = (ACC)bias->step_size, inv_bc2 = (ACC)bias->inv_bc2_sqrt;                       \
-    (void)l2
+    (void)l2;                                                                                            \
+    (void)keep;                                                                                          \
+    (void)factor
 
-/* One element in ACC: reads theta, grad_in, m_io, v_io (vmax_io), writes m_io, v_io (vmax_io), theta_out. */
-#define ADAM_ELEMENT(ACC, SQRT, AMSGRAD, HAS_L2, CAUTIOUS, theta, grad_in, m_io, v_io, vmax_io, theta_out)  \
+/* The Adam update u of one element in ACC: reads theta, grad_in, m_io, v_io (vmax_io), writes m_io, v_io
+ * (vmax_io) and update_out = step_size * m / (sqrt(v) * inv_bc2 + eps). */
+#define ADAM_UPDATE(ACC, SQRT, AMSGRAD, HAS_L2, theta, grad_in, m_io, v_io, vmax_io, update_out)          \
     do {                                                                                                 \
         ACC g_ = sign * (grad_in);                                                                       \
         if (HAS_L2) g_ += l2 * (theta);                                                                  \
@@ -52,12 +57,20 @@ typedef struct {
         (v_io) = v_;                                                                                     \
         ACC second_ = v_;                                                                                \
         if (AMSGRAD) {                                                                                   \
-            second_ = (vmax_io) > v_ ? (vmax_io) : v_;                                                   \
+            second_ = ((vmax_io) > v_ || (vmax_io) != (vmax_io)) ? (vmax_io) : v_; /* NaN propagates */ \
             (vmax_io) = second_;                                                                         \
         }                                                                                                \
         const ACC denom_ = SQRT(second_) * inv_bc2 + eps;                                                \
-        const ACC keep_ = (CAUTIOUS && OPPOSITE(m_, theta)) ? (ACC)1 : keep;                             \
-        (theta_out) = keep_ * (theta) - step_size * m_ / denom_;                                         \
+        (update_out) = step_size * m_ / denom_;                                                          \
+    } while (0)
+
+/* One element in ACC: reads theta, grad_in, m_io, v_io (vmax_io), writes m_io, v_io (vmax_io), theta_out. */
+#define ADAM_ELEMENT(ACC, SQRT, AMSGRAD, HAS_L2, CAUTIOUS, theta, grad_in, m_io, v_io, vmax_io, theta_out)  \
+    do {                                                                                                 \
+        ACC u_;                                                                                          \
+        ADAM_UPDATE(ACC, SQRT, AMSGRAD, HAS_L2, theta, grad_in, m_io, v_io, vmax_io, u_);               \
+        const ACC keep_ = (CAUTIOUS && OPPOSITE((m_io), theta)) ? (ACC)1 : keep;                         \
+        (theta_out) = keep_ * (theta) - u_;                                                              \
     } while (0)
 
 #define DEFINE_LOOP(NAME, T, ACC, SQRT, LOAD, STORE, AMSGRAD, HAS_L2, CAUTIOUS)                           \
@@ -203,7 +216,7 @@ int decoupled_adam(int64_t n, const int64_t *table, int dtype, int step_f64, dou
         bias[t].inv_bc2_sqrt = 1.0 / sqrt(1.0 - pow(beta2, step));
     }
     const AdamStep s = {
-        run, {beta1, beta2, eps, keep, l2, maximize ? -1.0 : 1.0, amsgrad != 0, cautious != 0}, bias,
+        run, {beta1, beta2, eps, keep, l2, maximize ? -1.0 : 1.0, amsgrad != 0, cautious != 0, 1.0 - keep}, bias,
         table + n, table + 2 * n, table + 3 * n, table + 4 * n, table + 6 * n,
     };
     const int status = for_each_share(n, table, num_threads, adam_segment, &s);
@@ -211,6 +224,120 @@ int decoupled_adam(int64_t n, const int64_t *table, int dtype, int step_f64, dou
         for (int64_t t = 0; t < n; ++t) {
             if (step_f64) *(double *)(intptr_t)steps[t] -= 1.0;
             else *(float *)(intptr_t)steps[t] -= 1.0f;
+        }
+    }
+    free(bias);
+    return status;
+}
+
+
+/*
+ * Low-precision parameters (bfloat16 or float16) with float32 moments, stepped in float32: the element is the
+ * float32 ADAM_ELEMENT above on theta read through the mode's THETA_* and written through its STORE_* (common.h).
+ * Traffic per bfloat16 parameter with a remainder: read 14 bytes (param, remainder, grad, m, v), write 12.
+ */
+#define DEFINE_LOWP_LOOP(NAME, THETA, GRAD, WRITE, STOCHASTIC, AMSGRAD, HAS_L2, CAUTIOUS)                 \
+    static void NAME(uint16_t *restrict p, const uint16_t *restrict g, float *restrict m, float *restrict v, \
+                     float *restrict vmax, void *restrict x, int64_t begin, int64_t end, const AdamHyper *h, \
+                     const Bias *bias) {                                                                 \
+        ADAM_LOCALS(float);                                                                              \
+        (void)vmax;                                                                                      \
+        (void)x;                                                                                         \
+        FOR_EACH_LOWP_ELEMENT(STOCHASTIC, bias->rounding, begin, end,                                    \
+            const float theta_ = THETA(p, x, i);                                                         \
+            float m0 = m[i], v0 = v[i], x0 = AMSGRAD ? vmax[i] : 0.0f, u_;                               \
+            ADAM_UPDATE(float, sqrtf, AMSGRAD, HAS_L2, theta_, GRAD(g[i]), m0, v0, x0, u_);            \
+            m[i] = m0;                                                                                   \
+            v[i] = v0;                                                                                   \
+            if (AMSGRAD) vmax[i] = x0;                                                                   \
+            WRITE(p, x, i, theta_, u_, CAUTIOUS && OPPOSITE(m0, theta_), random))                        \
+    }
+
+typedef void (*LowpFn)(uint16_t *, const uint16_t *, float *, float *, float *, void *, int64_t, int64_t,
+                       const AdamHyper *, const Bias *);
+
+#define DEFINE_LOWP_MODE(SUFFIX, THETA, GRAD, STORE, STOCHASTIC)                                         \
+    FOR_EACH_VARIANT(DEFINE_LOWP_LOOP, lowp_##SUFFIX, THETA, GRAD, STORE, STOCHASTIC,)                    \
+    static const LowpFn lowp_##SUFFIX[2][2][2] = {                                                       \
+        {{lowp_##SUFFIX##_000, lowp_##SUFFIX##_001}, {lowp_##SUFFIX##_010, lowp_##SUFFIX##_011}},        \
+        {{lowp_##SUFFIX##_100, lowp_##SUFFIX##_101}, {lowp_##SUFFIX##_110, lowp_##SUFFIX##_111}},        \
+    };
+
+DEFINE_LOWP_MODE(bf16_exact, THETA_BF16_EXACT, bf16_to_f32, WRITE_BF16_EXACT, 0)
+DEFINE_LOWP_MODE(bf16_stochastic, THETA_BF16_STOCHASTIC, bf16_to_f32, WRITE_BF16_STOCHASTIC, 1)
+#ifdef __FLT16_MAX__
+DEFINE_LOWP_MODE(f16_exact, THETA_F16_EXACT, f16_bits_to_f32, WRITE_F16_EXACT, 0)
+DEFINE_LOWP_MODE(f16_stochastic, THETA_F16_STOCHASTIC, f16_bits_to_f32, WRITE_F16_STOCHASTIC, 1)
+#endif
+
+typedef struct {
+    LowpFn run;
+    AdamHyper h;
+    const Bias *bias;
+    const int64_t *params, *grads, *exp_avgs, *exp_avg_sqs, *extras, *max_exp_avg_sqs;
+} LowpStep;
+
+static void lowp_segment(int64_t t, int64_t begin, int64_t end, const void *ctx) {
+    const LowpStep *s = (const LowpStep *)ctx;
+    s->run((uint16_t *)(intptr_t)s->params[t], (const uint16_t *)(intptr_t)s->grads[t],
+           (float *)(intptr_t)s->exp_avgs[t], (float *)(intptr_t)s->exp_avg_sqs[t],
+           s->h.amsgrad ? (float *)(intptr_t)s->max_exp_avg_sqs[t] : NULL, (void *)(intptr_t)s->extras[t], begin,
+           end, &s->h, &s->bias[t]);
+}
+
+/*
+ * One step over n low-precision tensors (dtype DTYPE_BF16 or DTYPE_F16, mode LOWP_EXACT or LOWP_STOCHASTIC)
+ * described by `table`, 7n int64 (8n with amsgrad) laid out as
+ *     numels[n], params[n], grads[n], exp_avgs[n], exp_avg_sqs[n], steps[n], extras[n], max_exp_avg_sqs[n]
+ * where the moments are float32, the grads of the parameters' dtype, and extras the remainders (exact: int16 for
+ * bfloat16, float32 for float16) or the rounding streams (stochastic: two int64 each, key and count; the count is
+ * advanced here). keep = 1 - factor: "exact" multiplies theta by keep (as the float32 kernels), "stochastic"
+ * subtracts factor * theta (see WRITE_*_STOCHASTIC in common.h).
+ * Returns 0, -1 for an unknown dtype or mode, -2 when memory cannot be had (nothing changed).
+ */
+int decoupled_adam_lowp(int64_t n, const int64_t *table, int dtype, int mode, int step_f64, double lr, double beta1,
+                        double beta2, double eps, double keep, double factor, double l2, int amsgrad, int maximize,
+                        int cautious, int num_threads) {
+    const LowpFn(*loops)[2][2] = NULL;
+    if (dtype == DTYPE_BF16 && mode == LOWP_EXACT) loops = lowp_bf16_exact;
+    if (dtype == DTYPE_BF16 && mode == LOWP_STOCHASTIC) loops = lowp_bf16_stochastic;
+#ifdef __FLT16_MAX__
+    if (dtype == DTYPE_F16 && mode == LOWP_EXACT) loops = lowp_f16_exact;
+    if (dtype == DTYPE_F16 && mode == LOWP_STOCHASTIC) loops = lowp_f16_stochastic;
+#endif
+    if (!loops) return -1;
+    Bias *bias = (Bias *)malloc(sizeof(Bias) * (size_t)(n > 0 ? n : 1));
+    if (!bias) return -2;
+    const int64_t *steps = table + 5 * n, *extras = table + 6 * n;
+    for (int64_t t = 0; t < n; ++t) {
+        double step;
+        if (step_f64) {
+            double *count = (double *)(intptr_t)steps[t];
+            step = *count += 1.0;
+        } else {
+            float *count = (float *)(intptr_t)steps[t];
+            step = *count += 1.0f;
+        }
+        bias[t].step_size = lr / (1.0 - pow(beta1, step));
+        bias[t].inv_bc2_sqrt = 1.0 / sqrt(1.0 - pow(beta2, step));
+        bias[t].rounding = 0;
+        if (mode == LOWP_STOCHASTIC) {
+            int64_t *stream = (int64_t *)(intptr_t)extras[t];
+            stream[1] += 1;
+            bias[t].rounding = rounding_key(stream);
+        }
+    }
+    const LowpStep s = {
+        loops[amsgrad != 0][l2 != 0.0][cautious != 0],
+        {beta1, beta2, eps, keep, l2, maximize ? -1.0 : 1.0, amsgrad != 0, cautious != 0, factor},
+        bias, table + n, table + 2 * n, table + 3 * n, table + 4 * n, extras, table + 7 * n,
+    };
+    const int status = for_each_share(n, table, num_threads, lowp_segment, &s);
+    if (status != 0) { /* nothing was updated: take the counts back */
+        for (int64_t t = 0; t < n; ++t) {
+            if (step_f64) *(double *)(intptr_t)steps[t] -= 1.0;
+            else *(float *)(intptr_t)steps[t] -= 1.0f;
+            if (mode == LOWP_STOCHASTIC) ((int64_t *)(intptr_t)extras[t])[1] -= 1;
         }
     }
     free(bias);

@@ -22,6 +22,7 @@
 typedef struct {
     double lr, momentum, keep, l2;  /* lr and l2 carry the sign of maximize (see decoupled_sgd) */
     int has_momentum, nesterov, cautious;
+    double factor; /* 1 - keep as the caller computed it (the stochastic low-precision step decays by it) */
 } Hyper;
 
 /* Whether a and b have strictly opposite signs (cautious weight decay skips those coordinates). */
@@ -32,25 +33,31 @@ typedef struct {
  * lr * (-g + l2 theta) == (-lr) * (g + (-l2) theta) exactly in IEEE arithmetic (negation is exact and
  * a - b == -(b - a)), so no per-element sign multiply is needed and the result is bit-identical.
  */
-#define SGD_ELEMENT(ACC, HAS_M, NESTEROV, HAS_L2, CAUTIOUS, theta, grad_in, buf_io, theta_out)             \
+#define SGD_UPDATE(ACC, HAS_M, NESTEROV, HAS_L2, theta, grad_in, buf_io, update_out)                     \
     do {                                                                                                 \
         ACC grad_ = (grad_in);                                                                           \
         if (HAS_L2) grad_ += l2 * (theta);                                                               \
-        ACC update_;                                                                                     \
         if (HAS_M) {                                                                                     \
             const ACC buf_ = mu * (buf_io) + lr * grad_;                                                 \
             (buf_io) = buf_;                                                                             \
-            update_ = NESTEROV ? mu * buf_ + lr * grad_ : buf_;                                          \
+            (update_out) = NESTEROV ? mu * buf_ + lr * grad_ : buf_;                                     \
         } else {                                                                                         \
-            update_ = lr * grad_;                                                                        \
+            (update_out) = lr * grad_;                                                                   \
         }                                                                                                \
+    } while (0)
+
+#define SGD_ELEMENT(ACC, HAS_M, NESTEROV, HAS_L2, CAUTIOUS, theta, grad_in, buf_io, theta_out)             \
+    do {                                                                                                 \
+        ACC update_;                                                                                     \
+        SGD_UPDATE(ACC, HAS_M, NESTEROV, HAS_L2, theta, grad_in, buf_io, update_);                       \
         const ACC keep_ = (CAUTIOUS && OPPOSITE(update_, theta)) ? (ACC)1 : keep;                        \
         (theta_out) = keep_ * (theta) - update_;                                                         \
     } while (0)
 
 #define HYPER_LOCALS(ACC)                                                                                \
     const ACC lr = (ACC)h->lr, mu = (ACC)h->momentum, keep = (ACC)h->keep, l2 = (ACC)h->l2;              \
-    (void)mu; (void)l2
+    const ACC factor = (ACC)h->factor;                                                                   \
+    (void)mu; (void)l2; (void)keep; (void)factor
 
 /* One specialised loop per (element type, momentum, nesterov, l2, cautious): the inner loop has no branches. */
 #define DEFINE_LOOP(NAME, T, ACC, LOAD, STORE, HAS_M, NESTEROV, HAS_L2, CAUTIOUS)                         \
@@ -150,7 +157,7 @@ DEFINE_TYPE(f16, _Float16, float, F16_TO_F32, F32_TO_F16)
 typedef void (*RunFn)(void *, const void *, void *, int64_t, int64_t, const Hyper *);
 
 /* Bumped whenever an exported signature changes (native.py checks it before it calls anything). */
-int decoupled_abi_version(void) { return 3; }
+int decoupled_abi_version(void) { return 4; }
 
 int decoupled_supports_f16(void) {
 #ifdef __FLT16_MAX__
@@ -206,8 +213,103 @@ int decoupled_sgd(int64_t n, const int64_t *table, int dtype, double lr, double 
     /* maximize: the update uses -grad; fold the sign into lr and l2 (exact, see SGD_ELEMENT). */
     const double sign = maximize ? -1.0 : 1.0;
     const SgdStep step = {
-        run, {sign * lr, momentum, keep, sign * l2, momentum != 0.0, nesterov != 0, cautious != 0},
+        run, {sign * lr, momentum, keep, sign * l2, momentum != 0.0, nesterov != 0, cautious != 0, 1.0 - keep},
         table + n, table + 2 * n, table + 3 * n,
     };
     return for_each_share(n, table, num_threads, sgd_segment, &step);
+}
+
+
+/*
+ * Low-precision parameters (bfloat16 or float16) with a float32 momentum buffer, stepped in float32: SGD_ELEMENT on
+ * theta read through the mode's THETA_* and written through its STORE_* (common.h).
+ */
+#define DEFINE_LOWP_LOOP(NAME, THETA, GRAD, WRITE, STOCHASTIC, HAS_M, NESTEROV, HAS_L2, CAUTIOUS)       \
+    static void NAME(uint16_t *restrict p, const uint16_t *restrict g, float *restrict m, void *restrict x, \
+                     int64_t begin, int64_t end, const Hyper *h, uint32_t key) {                         \
+        HYPER_LOCALS(float);                                                                             \
+        (void)m;                                                                                         \
+        (void)x;                                                                                         \
+        FOR_EACH_LOWP_ELEMENT(STOCHASTIC, key, begin, end,                                               \
+            const float theta_ = THETA(p, x, i);                                                         \
+            float buf = HAS_M ? m[i] : 0.0f, u_;                                                         \
+            SGD_UPDATE(float, HAS_M, NESTEROV, HAS_L2, theta_, GRAD(g[i]), buf, u_);                     \
+            if (HAS_M) m[i] = buf;                                                                       \
+            WRITE(p, x, i, theta_, u_, CAUTIOUS && OPPOSITE(u_, theta_), random))                        \
+    }
+
+typedef void (*LowpFn)(uint16_t *, const uint16_t *, float *, void *, int64_t, int64_t, const Hyper *, uint32_t);
+
+#define DEFINE_LOWP_MODE(SUFFIX, THETA, GRAD, STORE, STOCHASTIC)                                         \
+    FOR_EACH_VARIANT(DEFINE_LOWP_LOOP, lowp_##SUFFIX, THETA, GRAD, STORE, STOCHASTIC,)                    \
+    static const LowpFn lowp_##SUFFIX[3][2][2] = {                                                       \
+        {{lowp_##SUFFIX##_0000, lowp_##SUFFIX##_0001}, {lowp_##SUFFIX##_0010, lowp_##SUFFIX##_0011}},    \
+        {{lowp_##SUFFIX##_1000, lowp_##SUFFIX##_1001}, {lowp_##SUFFIX##_1010, lowp_##SUFFIX##_1011}},    \
+        {{lowp_##SUFFIX##_1100, lowp_##SUFFIX##_1101}, {lowp_##SUFFIX##_1110, lowp_##SUFFIX##_1111}},    \
+    };
+
+DEFINE_LOWP_MODE(bf16_exact, THETA_BF16_EXACT, bf16_to_f32, WRITE_BF16_EXACT, 0)
+DEFINE_LOWP_MODE(bf16_stochastic, THETA_BF16_STOCHASTIC, bf16_to_f32, WRITE_BF16_STOCHASTIC, 1)
+#ifdef __FLT16_MAX__
+DEFINE_LOWP_MODE(f16_exact, THETA_F16_EXACT, f16_bits_to_f32, WRITE_F16_EXACT, 0)
+DEFINE_LOWP_MODE(f16_stochastic, THETA_F16_STOCHASTIC, f16_bits_to_f32, WRITE_F16_STOCHASTIC, 1)
+#endif
+
+typedef struct {
+    LowpFn run;
+    Hyper h;
+    const int64_t *params, *grads, *bufs, *extras;
+    const uint32_t *keys;
+} LowpSgdStep;
+
+static void lowp_sgd_segment(int64_t t, int64_t begin, int64_t end, const void *ctx) {
+    const LowpSgdStep *s = (const LowpSgdStep *)ctx;
+    s->run((uint16_t *)(intptr_t)s->params[t], (const uint16_t *)(intptr_t)s->grads[t],
+           s->h.has_momentum ? (float *)(intptr_t)s->bufs[t] : NULL, (void *)(intptr_t)s->extras[t], begin, end,
+           &s->h, s->keys ? s->keys[t] : 0u);
+}
+
+/*
+ * One step over n low-precision tensors (dtype DTYPE_BF16 or DTYPE_F16, mode LOWP_EXACT or LOWP_STOCHASTIC)
+ * described by `table`, 4n int64 (3n without momentum) laid out as
+ *     numels[n], params[n], grads[n], bufs[n] (float32; absent without momentum), extras[n]
+ * with extras the remainders (exact) or the rounding streams (stochastic: key and count, advanced here).
+ * Returns 0, -1 for an unknown dtype or mode, -2 when memory cannot be had (then nothing has changed).
+ */
+int decoupled_sgd_lowp(int64_t n, const int64_t *table, int dtype, int mode, double lr, double momentum,
+                       int nesterov, int maximize, double keep, double factor, double l2, int cautious,
+                       int num_threads) {
+    const LowpFn(*loops)[2][2] = NULL;
+    if (dtype == DTYPE_BF16 && mode == LOWP_EXACT) loops = lowp_bf16_exact;
+    if (dtype == DTYPE_BF16 && mode == LOWP_STOCHASTIC) loops = lowp_bf16_stochastic;
+#ifdef __FLT16_MAX__
+    if (dtype == DTYPE_F16 && mode == LOWP_EXACT) loops = lowp_f16_exact;
+    if (dtype == DTYPE_F16 && mode == LOWP_STOCHASTIC) loops = lowp_f16_stochastic;
+#endif
+    if (!loops) return -1;
+    const int has_momentum = momentum != 0.0;
+    const int64_t *extras = table + (has_momentum ? 4 : 3) * n;
+    uint32_t *keys = NULL;
+    if (mode == LOWP_STOCHASTIC) {
+        keys = (uint32_t *)malloc(sizeof(uint32_t) * (size_t)(n > 0 ? n : 1));
+        if (!keys) return -2;
+        for (int64_t t = 0; t < n; ++t) {
+            int64_t *stream = (int64_t *)(intptr_t)extras[t];
+            stream[1] += 1;
+            keys[t] = rounding_key(stream);
+        }
+    }
+    const double sign = maximize ? -1.0 : 1.0;
+    const int kind = !has_momentum ? 0 : (nesterov ? 2 : 1);
+    const LowpSgdStep step = {
+        loops[kind][l2 != 0.0][cautious != 0],
+        {sign * lr, momentum, keep, sign * l2, has_momentum, nesterov != 0, cautious != 0, factor},
+        table + n, table + 2 * n, table + 3 * n, extras, keys,
+    };
+    const int status = for_each_share(n, table, num_threads, lowp_sgd_segment, &step);
+    if (status != 0 && keys) {
+        for (int64_t t = 0; t < n; ++t) ((int64_t *)(intptr_t)extras[t])[1] -= 1;
+    }
+    free(keys);
+    return status;
 }
