@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .conventions import DECAY_CONVENTIONS, convert_weight_decay, decay_timescale, weight_decay_from_timescale
     from .groups import effective_decay, param_groups
     from .optimizers import SGDW, AdamW, decouple
+    from .precision import PRECISIONS, load_master_state_dict, master_state_dict, master_weights, set_master_weights
     from .schedules import CosineWarmRestarts, normalized_weight_decay
 
 # Each public name -> the submodule that defines it.
@@ -31,12 +32,18 @@ _EXPORTS = {
     "SGDW": "optimizers",
     "AdamW": "optimizers",
     "decouple": "optimizers",
+    "PRECISIONS": "precision",
+    "load_master_state_dict": "precision",
+    "master_state_dict": "precision",
+    "master_weights": "precision",
+    "set_master_weights": "precision",
     "CosineWarmRestarts": "schedules",
     "normalized_weight_decay": "schedules",
 }
 
 __all__ = [
     "DECAY_CONVENTIONS",
+    "PRECISIONS",
     "AdamW",
     "CosineWarmRestarts",
     "SGDW",
@@ -44,8 +51,12 @@ __all__ = [
     "decay_timescale",
     "decouple",
     "effective_decay",
+    "load_master_state_dict",
+    "master_state_dict",
+    "master_weights",
     "normalized_weight_decay",
     "param_groups",
+    "set_master_weights",
     "weight_decay_from_timescale",
 ]
 

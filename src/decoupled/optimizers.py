@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import kernels
+from . import precision as _precision
 from ._validation import (
     KernelChoiceError,
     check_beta,
@@ -32,6 +33,8 @@ from ._validation import (
 )
 from .conventions import DECAY_CONVENTIONS, check_decay, decay_terms, group_decay_terms
 from .kernels.layout import is_dense
+from .kernels.layout import pick as layout_pick
+from .precision import check_precision, check_seed, keeps_master, prepare_state, state_dtype
 
 __all__ = ["AdamW", "SGDW", "decouple"]
 
@@ -135,6 +138,13 @@ class _DecayGroups:
             index = len(self.param_groups)  # type: ignore[attr-defined]
             raise type(error)(f"param group {index}: {error}") from None
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``Optimizer.load_state_dict``, keeping the dtypes the checkpoint stored for the state of
+        bfloat16/float16 parameters (remainders, rounding streams, float32 moments), which torch would cast to the
+        parameter's dtype."""
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+        _precision.restore_loaded_dtypes(self, state_dict)  # type: ignore[arg-type]
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]
         notes = []
@@ -177,6 +187,7 @@ class _Optimizer(_DecayGroups, Optimizer):
             raise KernelChoiceError(f"`{kind}` does not support `differentiable` (it runs the for-loop path)")
         if isinstance(group["lr"], Tensor) and group["foreach"] and not group.get("capturable"):
             raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+        _check_precision_keys(group)
         check_bool("cautious", group.get("cautious", False))
         if group.get("cautious") and group["decay"] == "l2":
             raise ValueError(
@@ -202,6 +213,23 @@ class _Optimizer(_DecayGroups, Optimizer):
                 )
             params.append(param)
         return params
+
+
+def _check_precision_keys(group: dict[str, Any]) -> None:
+    """The group's ``precision`` and ``seed``, and the kernel options its float32 step of bfloat16/float16
+    parameters cannot take (autograd cannot follow the integer views of a remainder; capturable steps would
+    compute the bias corrections on the device)."""
+    precision = check_precision(group["precision"])
+    check_seed(group["seed"])
+    if precision == "nearest" or not any(keeps_master(p, precision) for p in group.get("params", ())):
+        return
+    for flag in ("differentiable", "capturable"):
+        if group.get(flag):
+            raise ValueError(
+                f"{flag}=True is not supported with precision={precision!r} on bfloat16/float16 parameters (their "
+                "step runs in float32 on a master autograd and CUDA graphs cannot follow); use precision='nearest' "
+                "or float32 parameters"
+            )
 
 
 def _evaluate(closure: Callable[[], Any] | None) -> Any:
@@ -319,6 +347,51 @@ def _state_like(state: dict[str, Any], key: str, param: Tensor, param_contiguous
     return tensor
 
 
+# float32/float64 parameters are their own master: no precision changes their step (complex64/128 neither).
+_OWN_MASTER_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+class _AdamLists:
+    """The tensor lists of one Adam kernel call, gathered parameter by parameter."""
+
+    def __init__(self) -> None:
+        self.params: list[Tensor] = []
+        self.exp_avgs: list[Tensor] = []
+        self.exp_avg_sqs: list[Tensor] = []
+        self.max_exp_avg_sqs: list[Tensor] = []
+        self.steps: list[Tensor] = []
+        self.remainders: list[Tensor] = []
+        self.streams: list[Tensor] = []
+
+    def add(
+        self, state: dict[str, Any], param: Tensor, amsgrad: bool, remainder: Tensor | None, stream: Tensor | None
+    ) -> None:
+        contiguous = _is_contiguous(param)
+        self.params.append(param)
+        self.exp_avgs.append(_state_like(state, "exp_avg", param, contiguous))
+        self.exp_avg_sqs.append(_state_like(state, "exp_avg_sq", param, contiguous))
+        if amsgrad:
+            self.max_exp_avg_sqs.append(_state_like(state, "max_exp_avg_sq", param, contiguous))
+        self.steps.append(state["step"])
+        if remainder is not None:
+            self.remainders.append(_state_like(state, _precision.REMAINDER, param, contiguous))
+        if stream is not None:
+            self.streams.append(stream)
+
+    def run(self, precision: str, hyper: dict[str, Any]) -> None:
+        """One :func:`decoupled.kernels.adam` call over the gathered tensors (if any)."""
+        if not self.params:
+            return
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, remainders = _kernel_tensors(
+            self.params, [p.grad for p in self.params], self.exp_avgs, self.exp_avg_sqs, self.max_exp_avg_sqs,
+            self.remainders,
+        )  # fmt: skip
+        kernels.adam(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, self.steps,
+            precision=precision, remainders=remainders, streams=self.streams, **hyper,
+        )  # fmt: skip
+
+
 def _new_step(param: Tensor) -> Tensor:
     # As torch.optim: a float32 scalar, on the CPU for CPU parameters and beside the parameter otherwise
     # (torch's fused kernels read it on the device).
@@ -359,9 +432,16 @@ class AdamW(_Optimizer):
         amsgrad: use the running maximum of v_t (Reddi et al., 2018).
         maximize: maximize the objective instead of minimizing it.
         cautious: cautious weight decay (default False; refused with decay="l2").
+        precision: how bfloat16/float16 parameters are stepped (:mod:`decoupled.precision`): "exact" (default:
+            the float32 step on a float32 master kept as the parameter plus a remainder in the state, bit for bit
+            the mixed-precision recipe with float32 masters), "stochastic" (the float32 step rounded
+            stochastically), "nearest" (the step in the parameter's dtype, as torch.optim.AdamW). The moments
+            are float32 but under "nearest". No effect on float32/float64 parameters.
+        seed: the seed of stochastic rounding's counter-based random bits (default 0).
         foreach, fused: pick an implementation as in torch.optim; by default the fastest that supports the
             parameters (fused: torch's fused AdamW kernel, with weight_decay = eta_t lambda / lr_t; on the CPU
-            this package's native kernel for bfloat16 and for cautious decay).
+            this package's native kernel for bfloat16 and for cautious decay, and for every precision other than
+            "nearest"; every path gives the same bits under "exact" and "stochastic").
         capturable: keep the step counts on the parameters' device and compute without host synchronisation
             (for CUDA graphs); ``lr`` and ``betas`` may then be Tensors on that device. Runs the foreach (or
             for-loop) path; ``fused=True`` with it is refused. Also accepted on the CPU, where torch refuses it.
@@ -396,6 +476,8 @@ class AdamW(_Optimizer):
         amsgrad: bool = False,
         maximize: bool = False,
         cautious: bool = False,
+        precision: str = "exact",
+        seed: int = 0,
         foreach: bool | None = None,
         fused: bool | None = None,
         capturable: bool = False,
@@ -403,8 +485,8 @@ class AdamW(_Optimizer):
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, amsgrad=amsgrad,
-            maximize=maximize, cautious=cautious, foreach=foreach, fused=fused, capturable=capturable,
-            differentiable=differentiable,
+            maximize=maximize, cautious=cautious, precision=precision, seed=seed, foreach=foreach, fused=fused,
+            capturable=capturable, differentiable=differentiable,
         )  # fmt: skip
         super().__init__(params, defaults)
 
@@ -436,38 +518,34 @@ class AdamW(_Optimizer):
             params = self._params_with_grad(group, group_index)
             if not params:
                 continue
-            amsgrad, capturable = group["amsgrad"], group.get("capturable", False)
-            grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], []
+            amsgrad, capturable, precision = group["amsgrad"], group.get("capturable", False), group["precision"]
+            plain, master = _AdamLists(), _AdamLists()
             for param in params:
                 state = self.state[param]
-                if not state:
+                if "step" not in state:  # a new parameter (or one whose master alone was set)
                     state["step"] = _new_step(param)
-                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                if amsgrad and "max_exp_avg_sq" not in state:
-                    state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                for key in ("exp_avg", "exp_avg_sq", *(("max_exp_avg_sq",) if amsgrad else ())):
+                    if key not in state:
+                        moment = state_dtype(param, precision)
+                        state[key] = torch.zeros_like(param, dtype=moment, memory_format=torch.preserve_format)
+                remainder = stream = None
+                if param.dtype not in _OWN_MASTER_DTYPES:
+                    remainder, stream = prepare_state(self, group, param, state)
                 if state["step"].device != param.device and (capturable or not param.is_cpu):
                     state["step"] = state["step"].to(param.device)
-                grads.append(param.grad)
-                contiguous = _is_contiguous(param)
-                exp_avgs.append(_state_like(state, "exp_avg", param, contiguous))
-                exp_avg_sqs.append(_state_like(state, "exp_avg_sq", param, contiguous))
-                if amsgrad:
-                    max_exp_avg_sqs.append(_state_like(state, "max_exp_avg_sq", param, contiguous))
-                steps.append(state["step"])
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = _kernel_tensors(
-                params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
-            )
+                lists = master if remainder is not None or stream is not None else plain
+                lists.add(state, param, amsgrad, remainder, stream)
             lr, (beta1, beta2) = group["lr"], group["betas"]
             if not capturable:  # Tensor hyperparameters as numbers (capturable kernels take the tensors)
                 lr, beta1, beta2 = _scalar("lr", lr), _scalar("betas[0]", beta1), _scalar("betas[1]", beta2)
             terms = decay_terms(group["decay"], lr=lr, base_lr=group["base_lr"], weight_decay=group["weight_decay"])
-            kernels.adam(
-                params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+            hyper = dict(
                 lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"], decay_factor=terms.factor, l2=terms.l2,
                 amsgrad=amsgrad, maximize=group["maximize"], capturable=capturable, cautious=group["cautious"],
                 **_kernel_choice(group),
             )  # fmt: skip
+            plain.run("nearest", hyper)
+            master.run(precision, hyper)
         return loss
 
 
@@ -504,6 +582,9 @@ class SGDW(_Optimizer):
         nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
         maximize: maximize the objective instead of minimizing it.
         cautious: cautious weight decay (default False; refused with decay="l2").
+        precision: how bfloat16/float16 parameters are stepped, as for :class:`AdamW` ("exact" by default; the
+            momentum buffer is float32 but under "nearest"). No effect on float32/float64 parameters.
+        seed: the seed of stochastic rounding's counter-based random bits (default 0).
         foreach, fused: pick an implementation as in torch.optim; by default the fastest that supports the
             parameters (fused: a one-pass native kernel on the CPU, torch's fused SGD elsewhere).
 
@@ -529,14 +610,16 @@ class SGDW(_Optimizer):
         nesterov: bool = False,
         maximize: bool = False,
         cautious: bool = False,
+        precision: str = "exact",
+        seed: int = 0,
         foreach: bool | None = None,
         fused: bool | None = None,
         differentiable: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, weight_decay=weight_decay, decay=decay, dampening=dampening,
-            nesterov=nesterov, maximize=maximize, cautious=cautious, foreach=foreach, fused=fused,
-            differentiable=differentiable,
+            nesterov=nesterov, maximize=maximize, cautious=cautious, precision=precision, seed=seed,
+            foreach=foreach, fused=fused, differentiable=differentiable,
         )  # fmt: skip
         super().__init__(params, defaults)
 
@@ -561,15 +644,22 @@ class SGDW(_Optimizer):
             params = self._params_with_grad(group, group_index)
             if not params:
                 continue
-            momentum, dampening = group["momentum"], group.get("dampening", 0.0)
-            buffers, fresh = [], []
-            if momentum != 0:
-                for param in params:
-                    state = self.state[param]
+            momentum, dampening, precision = group["momentum"], group.get("dampening", 0.0), group["precision"]
+            buffers, fresh, extras = [], [], []
+            for param in params:
+                state = self.state[param]
+                if momentum != 0:
                     if state.get("momentum_buffer") is None:
-                        state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                        moment = state_dtype(param, precision)
+                        buffer = torch.zeros_like(param, dtype=moment, memory_format=torch.preserve_format)
+                        state["momentum_buffer"] = buffer
                         fresh.append(param)
+                extra = (None, None) if param.dtype in _OWN_MASTER_DTYPES else prepare_state(self, group, param, state)
+                if momentum != 0:
                     buffers.append(_state_like(state, "momentum_buffer", param, _is_contiguous(param)))
+                if extra[0] is not None:
+                    extra = (_state_like(state, _precision.REMAINDER, param, _is_contiguous(param)), None)
+                extras.append(extra)
             lr = _scalar("lr", group["lr"])
             terms = decay_terms(group["decay"], lr=lr, base_lr=group["base_lr"], weight_decay=group["weight_decay"])
             hyper = dict(
@@ -582,16 +672,43 @@ class SGDW(_Optimizer):
                 started = [i for i, param in enumerate(params) if not any(param is new for new in fresh)]
                 if len(started) != len(params):
                     new = [i for i in range(len(params)) if i not in set(started)]
-                    self._sgd([params[i] for i in new], [buffers[i] for i in new], lr, hyper)
-                    params, buffers = [params[i] for i in started], [buffers[i] for i in started]
+                    new_extras = [extras[i] for i in new]
+                    self._sgd(layout_pick(params, new), layout_pick(buffers, new), new_extras, lr, hyper, precision)
+                    params, buffers = layout_pick(params, started), layout_pick(buffers, started)
+                    extras = [extras[i] for i in started]
                 lr = (1 - dampening) * lr
-            self._sgd(params, buffers, lr, hyper)
+            self._sgd(params, buffers, extras, lr, hyper, precision)
         return loss
 
     @staticmethod
-    def _sgd(params: list[Tensor], buffers: list[Tensor], lr: float, hyper: dict[str, Any]) -> None:
-        params, grads, buffers = _kernel_tensors(params, [p.grad for p in params], buffers)
-        kernels.sgd(params, grads, buffers, lr=lr, **hyper)
+    def _sgd(
+        params: list[Tensor],
+        buffers: list[Tensor],
+        extras: list[tuple[Tensor | None, Tensor | None]],
+        lr: float,
+        hyper: dict[str, Any],
+        precision: str,
+    ) -> None:
+        """One kernel call for the parameters stepped in their own dtype, one for those with a float32 master
+        (``extras``: each parameter's remainder and rounding stream, or Nones)."""
+        master = [i for i, (remainder, stream) in enumerate(extras) if remainder is not None or stream is not None]
+        if len(master) == len(params):
+            parts = [(master, precision)]
+        elif master:
+            plain = [i for i in range(len(params)) if i not in set(master)]
+            parts = [(plain, "nearest"), (master, precision)]
+        else:
+            parts = [(list(range(len(params))), "nearest")]
+        for indices, mode in parts:
+            picked = layout_pick(params, indices)
+            remainders = [extras[i][0] for i in indices if extras[i][0] is not None]
+            streams = [extras[i][1] for i in indices if extras[i][1] is not None]
+            params_, grads, buffers_, remainders = _kernel_tensors(
+                picked, [p.grad for p in picked], layout_pick(buffers, indices), remainders
+            )
+            kernels.sgd(
+                params_, grads, buffers_, lr=lr, precision=mode, remainders=remainders, streams=streams, **hyper
+            )
 
 
 # How the ``weight_decay`` of torch's own optimizers acts, keyed by the class that defines ``step``. decouple()
@@ -794,7 +911,15 @@ def _make_decoupled(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
     # torch's fused Adam (the Adam family only: torch 2.13's fused CPU SGD drops bf16 updates).
     may_fuse = kind == _FLAG and "fused" in signature.parameters and "foreach" in signature.parameters
 
-    def __init__(self: Any, params: ParamsT, *args: Any, decay: str = "decoupled", **kwargs: Any) -> None:
+    def __init__(
+        self: Any,
+        params: ParamsT,
+        *args: Any,
+        decay: str = "decoupled",
+        precision: str = "exact",
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
         cautious = False if inner_has_cautious else kwargs.pop("cautious", False)
         if cautious is not False:
             raise ValueError(
@@ -815,7 +940,9 @@ def _make_decoupled(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
         weight_decay = 0.0 if weight_decay is None else weight_decay
         check_nonnegative("weight_decay", weight_decay)
         check_decay(decay)
-        self._decay_defaults = {"weight_decay": weight_decay, "decay": decay}
+        check_precision(precision)
+        check_seed(seed)
+        self._decay_defaults = {"weight_decay": weight_decay, "decay": decay, "precision": precision, "seed": seed}
         self._auto_fused = may_fuse and _may_auto_fuse(bound.arguments, params)
         if self._auto_fused:
             bound.arguments["fused"] = True
@@ -826,6 +953,7 @@ def _make_decoupled(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
 
     def _check_group(self: Any, group: dict[str, Any]) -> None:
         _check_decay_keys(group)
+        _check_precision_keys(group)
         if not inner_has_cautious and group.get("cautious", False) is not False:
             raise ValueError(
                 f"decouple() does not support cautious={group['cautious']!r} (see decoupled.decouple); "
@@ -837,7 +965,7 @@ def _make_decoupled(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
 
     def load_state_dict(self: Any, state_dict: dict[str, Any]) -> None:
         self.__dict__.pop("_dense_layouts", None)  # the loaded state's layouts are checked afresh
-        optimizer_cls.load_state_dict(self, state_dict)
+        _DecayGroups.load_state_dict(self, state_dict)
 
     @_eager_under_compile
     def step(self: Any, closure: Callable[[], Any] | None = None) -> Any:
@@ -848,17 +976,27 @@ def _make_decoupled(optimizer_cls: type[Optimizer]) -> type[Optimizer]:
             _refuse_sparse(type(self).__name__, optimizer_cls.__name__, groups)
         settings = _GroupSettings()
         decayed: list[tuple[list[Tensor], float]] = []  # decayed here, before the inner step
+        saved: list[tuple[Tensor, Tensor]] = []  # (tensor, its value before this step) of low-precision decays
+        pending: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (state, its new master entries)
         saved_grads: list[tuple[Tensor, Tensor]] = []
         try:
             with torch.no_grad():
                 for group, params in zip(groups, with_grad):
-                    _hand_over_decay(self, group, params, kind, settings, decayed, saved_grads)
+                    rest = _decay_masters(self, group, params, saved, pending)
+                    # The inner optimizer's own decay would reach every parameter of the group: it is handed
+                    # over only where no parameter was decayed on its master here.
+                    inner = kind if len(rest) == len(params) else None
+                    _hand_over_decay(self, group, rest, inner, settings, decayed, saved_grads, stepped=params)
             inner_loss = _without_step_hooks(optimizer_cls.step)(self, None)
+            for state, entries in pending:
+                state.update(entries)
         except BaseException:
             with torch.no_grad():
                 for params, factor in decayed:  # the inner step raised: undo this step's decay
                     for p in params:
                         p.div_(1 - factor)
+                for tensor, value in saved:
+                    tensor.copy_(value)
             raise
         finally:
             for p, grad in saved_grads:
@@ -899,6 +1037,45 @@ def _refuse_sparse(name: str, inner_name: str, groups: list[dict[str, Any]]) -> 
                 )
 
 
+def _decay_masters(
+    optimizer: Any,
+    group: dict[str, Any],
+    params: list[Tensor],
+    saved: list[tuple[Tensor, Tensor]],
+    pending: list[tuple[dict[str, Any], dict[str, Any]]],
+) -> list[Tensor]:
+    """Apply this step's decay to the group's bfloat16/float16 parameters on their float32 masters (precision
+    "exact" or "stochastic"), keeping their values before it in ``saved``; return the other parameters, whose
+    decay :func:`_hand_over_decay` applies. The inner optimizer's own update of those parameters stays its own
+    (rounded to their dtype), but the decay, a relative change far below half an ulp, is no longer lost.
+
+    A parameter without state yet gets its remainder (or rounding stream) only after the inner step (``pending``):
+    torch's optimizers make their state when they find a parameter's state empty."""
+    precision = group["precision"]
+    if precision == "nearest" or not params:
+        return params
+    masters = [p for p in params if keeps_master(p, precision)]
+    terms = group_decay_terms(group)
+    if not masters or terms.factor == 0:  # nothing to decay here ("l2" goes through the gradient)
+        return params
+    remainders, streams = [], []
+    for param in masters:
+        state = optimizer.state[param]
+        target: dict[str, Any] = state if state else {}
+        if not state:
+            pending.append((state, target))
+        remainder, stream = prepare_state(optimizer, group, param, target, moments=False)
+        for tensor in (param, remainder, stream):
+            if tensor is not None:
+                saved.append((tensor, tensor.detach().clone()))
+        if remainder is not None:
+            remainders.append(_local(remainder))
+        if stream is not None:
+            streams.append(stream)
+    kernels.lowp.decay_([_local(p) for p in masters], remainders, streams, terms.factor, precision)
+    return [p for p in params if not keeps_master(p, precision)]
+
+
 def _hand_over_decay(
     optimizer: Any,
     group: dict[str, Any],
@@ -907,8 +1084,10 @@ def _hand_over_decay(
     settings: _GroupSettings,
     decayed: list[tuple[list[Tensor], float]],
     saved_grads: list[tuple[Tensor, Tensor]],
+    stepped: list[Tensor] | None = None,
 ) -> None:
-    """Give one group's decay of this step to the inner optimizer where it can apply it exactly, else apply it."""
+    """Give one group's decay of this step to the inner optimizer where it can apply it exactly, else apply it.
+    ``stepped``: every parameter the inner step will update (default ``params``), for the fused layout check."""
     terms = group_decay_terms(group) if params else None
     settings.set(group, "weight_decay", 0.0)  # the inner optimizer's own decay stays off unless set below
     if terms is None:
@@ -932,5 +1111,5 @@ def _hand_over_decay(
             kernels.decay_(local, terms.factor)
             decayed.append((local, terms.factor))
     if optimizer._auto_fused and group.get("fused"):
-        if not _fused_layouts_agree(optimizer, params):
+        if not _fused_layouts_agree(optimizer, params if stepped is None else stepped):
             settings.set(group, "fused", False)  # torch's fused kernel walks raw memory: take its default path
