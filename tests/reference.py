@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy
 import torch
 
 
@@ -150,3 +151,133 @@ def cosine_warm_restarts(step: int, steps_per_epoch: int, first_period: float, p
         if t_cur >= t_i - 1e-12:
             t_cur, t_i = 0.0, t_i * period_mult
     return 0.5 * (1 + math.cos(math.pi * t_cur / t_i))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Low-precision parameters with a float32 master (decoupled.precision): the float32 step emulated in float64.
+#
+# Every operation of the step is computed in float64 and rounded to float32 at once (``f32``): for +, -, *, /
+# and sqrt of float32 operands that is the correctly rounded float32 result (float64 has more than 2 * 24 + 2
+# bits, so rounding twice is innocuous), which is what IEEE float32 arithmetic without fused multiply-adds gives.
+# The square root is numpy's (the hardware's, correctly rounded). The order of the operations is the paper's
+# formulas read left to right, as decoupled/kernels/lowp.py states it:
+#     Adam: m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) (g g);  s = max(vmax, v) (amsgrad)
+#           theta = k theta - (step_size m) / (sqrt(s) inv_bc2 + eps),  step_size = lr / (1 - beta1^t),
+#           inv_bc2 = 1 / sqrt(1 - beta2^t), both in double and then rounded; k = 1 - factor (1 where cautious
+#           decay masks it); g = (maximize ? -grad : grad) (+ l2 theta)
+#     SGD:  g = grad (+ l2' theta);  m = mu m + lr' g;  u = nesterov ? mu m + lr' g : m;  theta = k theta - u,
+#           lr' = +-lr and l2' = +-l2 (negative to maximize)
+
+
+def f32(x):
+    """Round float64 values (tensor or number) to the nearest float32, kept as float64."""
+    if isinstance(x, torch.Tensor):
+        return x.to(torch.float32).to(torch.float64)
+    return float(numpy.float32(x))
+
+
+def f32_sqrt(x: torch.Tensor) -> torch.Tensor:
+    return f32(torch.from_numpy(numpy.sqrt(x.numpy())))
+
+
+def opposite(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a > 0) & (b < 0)) | ((a < 0) & (b > 0))
+
+
+class ReferenceMasterAdam:
+    """AdamW on a float32 master (float64 tensors holding float32 values), per tensor."""
+
+    def __init__(self, *, betas=(0.9, 0.999), eps=1e-8, amsgrad=False, maximize=False, cautious=False):
+        self.beta1, self.beta2 = betas
+        self.eps, self.amsgrad, self.maximize, self.cautious = eps, amsgrad, maximize, cautious
+        self.state: dict[int, dict] = {}
+
+    def step(self, key, theta, grad, *, lr, alpha, weight_decay, decay):
+        """theta_t (float64 holding a float32 value) from theta_{t-1} and a gradient (any float dtype)."""
+        if grad is None:
+            return theta
+        theta, g = theta.double().cpu(), grad.double().cpu()
+        zeros = torch.zeros_like(theta)
+        state = self.state.setdefault(key, {"step": 0, "exp_avg": zeros, "exp_avg_sq": zeros, "max_exp_avg_sq": zeros})
+        state["step"] += 1
+        t = state["step"]
+        factor = decay_of_step(decay, lr, alpha, weight_decay)
+        if self.maximize:
+            g = -g
+        if decay == "l2":
+            g = f32(g + f32(f32(weight_decay) * theta))
+        b1, b2 = f32(self.beta1), f32(self.beta2)
+        m = f32(f32(b1 * state["exp_avg"]) + f32(f32(1 - self.beta1) * g))
+        v = f32(f32(b2 * state["exp_avg_sq"]) + f32(f32(1 - self.beta2) * f32(g * g)))
+        state["exp_avg"], state["exp_avg_sq"] = m, v
+        second = v
+        if self.amsgrad:
+            second = state["max_exp_avg_sq"] = torch.maximum(state["max_exp_avg_sq"], v)
+        step_size, inv_bc2 = f32(lr / (1 - self.beta1**t)), f32(1 / math.sqrt(1 - self.beta2**t))
+        denom = f32(f32(f32_sqrt(second) * inv_bc2) + f32(self.eps))
+        update = f32(f32(step_size * m) / denom)
+        keep = torch.full_like(theta, f32(1 - factor))
+        if self.cautious:
+            keep = torch.where(opposite(m, theta), torch.ones_like(theta), keep)
+        return f32(f32(keep * theta) - update)
+
+    def state_tensors(self, key):
+        state = self.state.get(key)
+        if state is None:
+            return {}
+        tensors = {"step": torch.tensor(float(state["step"])), "exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"]}
+        if self.amsgrad:
+            tensors["max_exp_avg_sq"] = state["max_exp_avg_sq"]
+        return tensors
+
+
+class ReferenceMasterSGD:
+    """SGDW on a float32 master, the scheduled step inside the buffer, per tensor."""
+
+    def __init__(self, *, momentum=0.9, nesterov=False, maximize=False, cautious=False):
+        self.momentum, self.nesterov, self.maximize, self.cautious = momentum, nesterov, maximize, cautious
+        self.state: dict[int, dict] = {}
+
+    def step(self, key, theta, grad, *, lr, alpha, weight_decay, decay):
+        if grad is None:
+            return theta
+        theta, g = theta.double().cpu(), grad.double().cpu()
+        sign = -1.0 if self.maximize else 1.0
+        factor = decay_of_step(decay, lr, alpha, weight_decay)
+        if decay == "l2":
+            g = f32(g + f32(f32(sign * weight_decay) * theta))
+        step = f32(f32(sign * lr) * g)
+        if self.momentum == 0:
+            update = step
+        else:
+            mu = f32(self.momentum)
+            state = self.state.setdefault(key, {"momentum_buffer": torch.zeros_like(theta)})
+            state["momentum_buffer"] = m = f32(f32(mu * state["momentum_buffer"]) + step)
+            update = f32(f32(mu * m) + step) if self.nesterov else m
+        keep = torch.full_like(theta, f32(1 - factor))
+        if self.cautious:
+            keep = torch.where(opposite(update, theta), torch.ones_like(theta), keep)
+        return f32(f32(keep * theta) - update)
+
+    def state_tensors(self, key):
+        state = self.state.get(key)
+        return dict(state) if state else {}
+
+
+def round_like_parameter(master: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The parameter an "exact" master is written back as, from the definition: the nearest value of ``dtype``;
+    for bfloat16 ties go away from zero (the split that keeps every float32 master recoverable from 16 more
+    bits), for float16 to even (torch's cast). bfloat16 is computed from the two neighbours of the master in
+    float64, not from bit patterns."""
+    master = master.to(torch.float32)
+    if dtype == torch.float16:
+        return master.to(torch.float16)
+    m = master.double()
+    down = master.view(torch.int32).bitwise_and(-65536).view(torch.float32).double()  # toward zero
+    exponent = torch.frexp(down)[1].double() - 1  # floor(log2 |down|) for down != 0
+    exponent = torch.where(down == 0, torch.full_like(exponent, -126.0), exponent.clamp(min=-126.0))
+    ulp = torch.pow(2.0, exponent - 7)  # bfloat16 keeps 7 bits after the leading one (subnormals: 2^-133)
+    up = down + torch.sign(m) * ulp
+    nearest = torch.where((m - down).abs() < (up - m).abs(), down, up)  # a tie goes up: away from zero
+    nearest = torch.where(torch.isfinite(m) & (m != 0), nearest, m)  # inf, NaN and signed zeros as they are
+    return nearest.to(torch.bfloat16)

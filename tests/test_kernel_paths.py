@@ -59,6 +59,9 @@ SGD_PATHS: dict[str, tuple[dict[str, Any], Callable[[], Any]]] = {
     "fused-torch": ({"fused": True}, native.bypassed),  # the CUDA mapping
 }
 FORLOOP = {"foreach": False, "fused": False}
+# The bf16/fp16 runs here are of the kernels that step in the parameters' dtype (precision="nearest", torch's
+# behaviour); the default precision="exact" is bit-identical on every path (test_precision).
+_NEAREST = {torch.bfloat16: {"precision": "nearest"}, torch.float16: {"precision": "nearest"}}
 
 ADAM_OPTIONS = {
     "plain": {"lr": 1e-2, "weight_decay": 1e-2},
@@ -185,7 +188,7 @@ def _run(cls: type, dtype: torch.dtype, options: dict[str, Any], decay: str, pat
     params = _make_params(dtype)
     if compute_dtype is not None:
         params = [p.detach().to(compute_dtype).requires_grad_() for p in params]
-    optimizer = cls(params, decay=decay, **options, **path)
+    optimizer = cls(params, decay=decay, **options, **path, **_NEAREST.get(dtype, {}))
     base_lr = optimizer.param_groups[0]["lr"]
     with context():
         for step, grads in enumerate(_gradients(dtype, bool(options.get("cautious")))):
@@ -203,7 +206,9 @@ def _assert_close(actual: tuple[list, list], expected: Any, dtype: torch.dtype) 
         assert _tensors(actual).keys() == _tensors(upcast).keys()
         for name, error in _relative_errors(actual, upcast).items():
             bound = BF16_FACTOR * forloop_errors[name] + BF16_SLACK
-            assert error <= bound, f"{name}: relative error {error:.4f} > {bound:.4f} (bf16 for-loop: {forloop_errors[name]:.4f})"
+            assert error <= bound, (
+                f"{name}: relative error {error:.4f} > {bound:.4f} (bf16 for-loop: {forloop_errors[name]:.4f})"
+            )
         return
     rtol, atol = TOLERANCES[dtype]
     tensors, reference = _tensors(actual), _tensors(expected)
@@ -234,13 +239,18 @@ def test_sgdw_path_matches_forloop(path: str, options: str, decay: str, dtype: t
     _assert_close(_run(decoupled.SGDW, dtype, SGD_OPTIONS[options], decay, kwargs, context), expected, dtype)
 
 
-@pytest.mark.parametrize("cls, options", [(decoupled.AdamW, ADAM_OPTIONS["plain"]), (decoupled.SGDW, SGD_OPTIONS["momentum"])])
+@pytest.mark.parametrize(
+    "cls, options", [(decoupled.AdamW, ADAM_OPTIONS["plain"]), (decoupled.SGDW, SGD_OPTIONS["momentum"])]
+)
 def test_mixed_dtype_group_matches_forloop(cls: type, options: dict) -> None:
     """A group mixing dtypes goes through the dispatcher's grouping (not its one-dtype fast path)."""
 
     def run(path: dict[str, Any]) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(5)
-        params = [torch.randn(50, generator=generator).to(dtype).requires_grad_() for dtype in (torch.float32, torch.float64, torch.float32)]
+        params = [
+            torch.randn(50, generator=generator).to(dtype).requires_grad_()
+            for dtype in (torch.float32, torch.float64, torch.float32)
+        ]
         optimizer = cls(params, **options, **path)
         for _ in range(5):
             for p in params:
@@ -264,7 +274,7 @@ def _native_run(dtype: torch.dtype, options: dict[str, Any], threads: int) -> li
         # 200k elements in tensors of odd sizes, above the kernel's parallel threshold: the threads' shares
         # begin mid-tensor, at odd indices (2 threads: element 93 of the second tensor), where bf16 pairs split.
         params = [torch.randn(n, generator=generator).to(dtype).requires_grad_() for n in (100_003, 65_537, 31, 34_567)]
-        optimizer = decoupled.SGDW(params, fused=True, **options)
+        optimizer = decoupled.SGDW(params, fused=True, **options, **_NEAREST.get(dtype, {}))
         base_lr = optimizer.param_groups[0]["lr"]
         for step in range(STEPS):
             optimizer.param_groups[0]["lr"] = base_lr * _lr_multiplier(step)
@@ -355,11 +365,21 @@ def test_native_path_splits_a_group_by_layout() -> None:
 
 
 BF16_DECAY_MAKERS = {
-    "AdamW-foreach": lambda p: decoupled.AdamW(p, lr=1e-3, weight_decay=0.01, decay="constant", foreach=True),
-    "AdamW-fused-lr-0": lambda p: decoupled.AdamW(p, lr=1e-3, weight_decay=0.01, decay="constant", fused=True),
-    "SGDW-foreach": lambda p: decoupled.SGDW(p, lr=0.1, weight_decay=0.01, decay="constant", foreach=True),
-    "SGDW-fused-torch": lambda p: decoupled.SGDW(p, lr=0.1, weight_decay=0.01, decay="constant", fused=True),
-    "decouple(Adam)": lambda p: decoupled.decouple(torch.optim.Adam)(p, lr=1e-3, weight_decay=0.01, decay="constant"),
+    "AdamW-foreach": lambda p: decoupled.AdamW(
+        p, lr=1e-3, weight_decay=0.01, decay="constant", foreach=True, precision="nearest"
+    ),
+    "AdamW-fused-lr-0": lambda p: decoupled.AdamW(
+        p, lr=1e-3, weight_decay=0.01, decay="constant", fused=True, precision="nearest"
+    ),
+    "SGDW-foreach": lambda p: decoupled.SGDW(
+        p, lr=0.1, weight_decay=0.01, decay="constant", foreach=True, precision="nearest"
+    ),
+    "SGDW-fused-torch": lambda p: decoupled.SGDW(
+        p, lr=0.1, weight_decay=0.01, decay="constant", fused=True, precision="nearest"
+    ),
+    "decouple(Adam)": lambda p: decoupled.decouple(torch.optim.Adam)(
+        p, lr=1e-3, weight_decay=0.01, decay="constant", precision="nearest"
+    ),
 }
 
 
