@@ -155,8 +155,9 @@ def run_sweeps(
     created = prepare_output_folder(options.out)
     task_data = None
     try:
-        if (options.out / STORE_FILENAME).exists():
-            Store.open(options.out, create=False).close()  # refuse a damaged or incompatible store before any work
+        if (options.out / STORE_FILENAME).exists():  # refuse a damaged or incompatible store before any work,
+            with Store.open(options.out, create=False) as store:
+                store.runs()  # or one with a row the report could not read
         if task is not None:
             for config in configs:
                 if config.task != task.name:
