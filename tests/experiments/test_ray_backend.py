@@ -311,7 +311,8 @@ def test_a_raising_user_task_on_ray_is_recorded_as_failed_and_the_sweep_goes_on(
         "    optimizer, scheduler = run.optimizer(nn.Linear(2, 2), steps_per_epoch=1)\n"
         "    if run.optimizer_name == 'sgd':\n"
         "        raise RuntimeError('sgd is not welcome here')\n"
-        "    run.report(0.5, 0.25, 0.125)\n"
+        "    for _ in range(run.epochs):\n"
+        "        run.report(0.5, 0.25, 0.125)\n"
         "task = LoopTask(train=train)\n"
     )
     task = load_task(f"{path}:task")
