@@ -582,7 +582,8 @@ def _join_negative_numbers(argv: Sequence[str]) -> list[str]:
 
 class _PipeSafeOutput:
     """Standard output that, once its reader has gone (``decoupled sweep | head -3``), drops what is written
-    instead of raising BrokenPipeError: the sweep goes on and records every run, only its output is lost."""
+    instead of raising BrokenPipeError: the sweep goes on and records every run, only its output is lost. A
+    character the output's encoding lacks (a task's name, a folder's) is written as its escape, not an error."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -592,9 +593,16 @@ class _PipeSafeOutput:
         if not self.broken:
             try:
                 return self._stream.write(text)
+            except UnicodeEncodeError:  # an output encoding without these characters (PYTHONIOENCODING=ascii)
+                return self.write(self._encodable(text))
             except BrokenPipeError:
                 self._break()
         return len(text)
+
+    def _encodable(self, text: str) -> str:
+        """``text`` with each character the stream cannot encode written as its escape (``\\u65e5``)."""
+        encoding = getattr(self._stream, "encoding", None) or "ascii"
+        return text.encode(encoding, "backslashreplace").decode(encoding)
 
     def flush(self) -> None:
         if not self.broken:

@@ -4,6 +4,8 @@ or the output cannot show, grids of any shape, errors on another scale."""
 from __future__ import annotations
 
 import html
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -17,7 +19,7 @@ from decoupled.experiments.plots import heatmap_figure
 from decoupled.experiments.report import _inline_html, md_code, md_text, render_report
 from decoupled.experiments.store import Store
 
-from .conftest import add_runs, tensor_data, tiny_overrides
+from .conftest import _cli_env, add_runs, tensor_data, tiny_overrides
 from .test_analysis import _rows
 
 
@@ -119,3 +121,16 @@ def test_a_name_the_font_cannot_draw_is_written_as_code_points_without_warnings(
         plt.close(figure)
     assert not [w for w in caught if "Glyph" in str(w.message)], [str(w.message) for w in caught]
     assert "\\u65e5\\u672c\\u8a9e-\\u30bf\\u30b9\\u30af" in title, title
+
+
+def test_a_unicode_name_under_lang_c_and_an_ascii_output_is_escaped_not_an_error(tmp_path):
+    task = Task(model=nn.Flatten, data=tensor_data(), name="日本語")
+    config = _task_config(task)
+    folder = tmp_path / "結果"
+    add_runs(folder, config)
+    env = {"LANG": "C", "LC_ALL": "C", "PYTHONIOENCODING": "ascii"}
+    result = subprocess.run([sys.executable, "-m", "decoupled.cli", "report", str(folder)], env=_cli_env(env),
+                            capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Glyph" not in result.stderr and "codec" not in result.stderr and result.stderr.strip() == "", result.stderr
+    assert "\\u7d50\\u679c" in result.stdout and "report: " in result.stdout
