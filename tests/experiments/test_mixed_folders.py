@@ -166,3 +166,13 @@ def test_a_half_stored_finding_marks_its_verdict_provisional_where_it_is_shown(c
     assert "(provisional: 12 of 24 runs stored); report:" in capsys.readouterr().out
 
 
+
+
+def test_a_comparison_without_the_runs_it_reads_says_which_are_missing(capsys, tmp_path):
+    out = tmp_path / "repro"
+    out.mkdir()
+    write_json(out / "reproduction.json", {"findings": ["F3"], "smoke": True})
+    _finding_folder(out / "F3", preset="f3")  # F3 compares with F2's Adam+L2 and SGD+L2: not there
+    assert main(["report", str(out)]) == 0
+    result = json.loads((out / "F3" / "result.json").read_text())
+    assert result["ours"].startswith("Adam+L2 minus AdamW: n/a (F2's runs are missing)"), result["ours"]

@@ -64,7 +64,7 @@ def analyze(arms: dict[tuple[str, str], Findings], folder: Path) -> FindingResul
          ("AdamW's gain minus SGDW's", equal)],
         folder / FIGURE, "test-error difference (points): > 0 means the decoupled variant / decay helps",
         "F3: decoupled weight decay in Adam and SGD (95% intervals, paired over seeds)",
-        paper=[paper_points, None, None, None, None], missing=why,
+        paper=[paper_points, None, None, None, None], missing=[why_l2, why_l2, why, why, why],
     )  # fmt: skip
     rows = []
     for opt in (adam, adamw, sgd, sgdw):

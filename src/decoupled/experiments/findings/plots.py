@@ -15,15 +15,20 @@ _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:
 
 
 def _forest(
-    ax, items: Sequence[tuple[str, Interval | None]], xlabel: str, paper: Sequence[float | None] = (), missing: str = ""
+    ax,
+    items: Sequence[tuple[str, Interval | None]],
+    xlabel: str,
+    paper: Sequence[float | None] = (),
+    missing: str | Sequence[str] = "",
 ) -> None:
     """One row per interval (points), a line at 0, the paper's value as a red diamond where given; a row without
-    an interval reads "n/a (``missing``)"."""
+    an interval reads "n/a (``missing``)", ``missing`` one reason for all rows or one per row."""
     paper = list(paper) + [None] * (len(items) - len(paper))
-    for row, ((_label, interval), value) in enumerate(zip(items, paper)):
+    reasons = [missing] * len(items) if isinstance(missing, str) else list(missing)
+    for row, ((_label, interval), value, reason) in enumerate(zip(items, paper, reasons)):
         y = len(items) - 1 - row
         if interval is None:
-            ax.text(0, y, f"n/a ({missing})" if missing else "n/a", va="center", ha="center", fontsize=8,
+            ax.text(0, y, f"n/a ({reason})" if reason else "n/a", va="center", ha="center", fontsize=8,
                     color="#666666")  # fmt: skip
         else:
             low, high = max(interval.low, -1e3), min(interval.high, 1e3)
@@ -46,10 +51,10 @@ def plot_intervals(
     xlabel: str,
     title: str,
     paper: Sequence[float | None] = (),
-    missing: str = "",
+    missing: str | Sequence[str] = "",
 ) -> Path:
     """A forest plot of error differences in points: estimate and 95% interval per row, 0 dashed; ``missing``:
-    why a row has no interval."""
+    why a row has no interval (one reason, or one per row)."""
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(8, 0.6 * len(items) + 1.6))
     _forest(ax, items, xlabel, paper, missing)
