@@ -500,10 +500,14 @@ def _run_report(args: argparse.Namespace) -> int:
         for folder in folders:
             code = _render(prog, folder, args.weight_decay_axis, kind=folder_kind(folder))
             if code != EXIT_OK:
-                remove_if_empty(created)
+                remove_if_empty(created)  # no comparison: no empty folder for it either
                 return code
         if out is not None:
-            markdown, page = render_comparison(folders, out)
+            try:
+                markdown, page = render_comparison(folders, out)
+            except BaseException:
+                remove_if_empty(created)
+                raise
             print(f"comparison: {markdown} and {page}")
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; the stored runs are untouched", file=sys.stderr)

@@ -176,3 +176,11 @@ def test_a_comparison_without_the_runs_it_reads_says_which_are_missing(capsys, t
     assert main(["report", str(out)]) == 0
     result = json.loads((out / "F3" / "result.json").read_text())
     assert result["ours"].startswith("Adam+L2 minus AdamW: n/a (F2's runs are missing)"), result["ours"]
+
+
+def test_a_refused_comparison_leaves_no_folder_for_it(capsys, tmp_path):
+    other = _sweep_folder(tmp_path / "other")
+    (tmp_path / "empty").mkdir()  # no store: its report is refused
+    new = tmp_path / "comparison"
+    refused(capsys, ["report", str(other), str(tmp_path / "empty"), "--out", str(new)], "no results store in")
+    assert not new.exists()
