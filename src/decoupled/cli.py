@@ -275,6 +275,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from .experiments.config import check_size, load_sweep_config
     from .experiments.findings.common import is_experiment_preset
     from .experiments.progress import make_progress
+    from .experiments.reproduce import check_folder_kind
     from .experiments.sweep import run_sweep
     from .experiments.tasks import load_task
 
@@ -292,6 +293,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         if missing is not None:
             return missing
         out = Path(args.out) if args.out else _default_out(config.name)
+        check_folder_kind(out, "sweep")  # not into a finding's or a reproduction's folder
         options = _execution(args, out, prog)
         on = f"task {task.name!r}" if task is not None else config.data.dataset
         print(f"decoupled sweep '{config.name}': {config.cells} cells x {config.seeds} seeds on {on}, "
@@ -369,17 +371,15 @@ def _render(prog: str, folder: Path | str, weight_decay_unit: str = "lambda", ki
         if kind == "reproduction":
             from .experiments.reproduce import render_reproduction
 
-            markdown, page = render_reproduction(Path(folder))
-            print(f"report: {markdown} and {page}")
-            for line in markdown.read_text(encoding="utf-8").splitlines():
-                if line.startswith("| F"):
-                    cells = [cell.strip() for cell in line.strip("|").split(" | ")]
-                    print(f"  {cells[0]}: {cells[4].strip('*')}")
+            reproduction = render_reproduction(Path(folder))
+            print(f"report: {reproduction.markdown} and {reproduction.html}")
+            for result in reproduction.results:
+                print(f"  {result.finding}: {result.verdict_text()}")
         elif kind == "finding":
             from .experiments.reproduce import render_finding
 
             result = render_finding(Path(folder))
-            print(f"{result.finding}: {result.verdict}; report: {Path(folder) / 'report.md'} and "
+            print(f"{result.finding}: {result.verdict_text()}; report: {Path(folder) / 'report.md'} and "
                   f"{Path(folder) / 'report.html'}")  # fmt: skip
         else:
             from .experiments.report import render_report
@@ -483,27 +483,36 @@ def _run_report(args: argparse.Namespace) -> int:
     if missing is not None:
         return missing
     from .experiments.compare import render_comparison
+    from .experiments.files import OutputFolderError, prepare_output_folder, remove_if_empty
     from .experiments.reproduce import folder_kind
 
     folders = [Path(folder) for folder in (args.folder, *args.more)]
+    created: list[Path] = []
     try:
         for folder in folders:
             if not folder.is_dir():
                 raise StoreError(f"{str(folder)!r} is not a folder (give an output folder of sweep or reproduce)")
         if len(folders) == 1 and args.out is not None:
             raise StoreError("--out is for a comparison of two or more folders")
+        out = (Path(args.out) if args.out else _default_out("compare")) if len(folders) > 1 else None
+        if out is not None:
+            created = prepare_output_folder(out)  # before any report is rendered: a file in the way refuses all
         for folder in folders:
             code = _render(prog, folder, args.weight_decay_axis, kind=folder_kind(folder))
             if code != EXIT_OK:
+                remove_if_empty(created)  # no comparison: no empty folder for it either
                 return code
-        if len(folders) > 1:
-            out = Path(args.out) if args.out else _default_out("compare")
-            markdown, page = render_comparison(folders, out)
+        if out is not None:
+            try:
+                markdown, page = render_comparison(folders, out)
+            except BaseException:
+                remove_if_empty(created)
+                raise
             print(f"comparison: {markdown} and {page}")
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; the stored runs are untouched", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except StoreError as error:
+    except (StoreError, OutputFolderError) as error:
         return _fail(prog, str(error))
     except (OSError, sqlite3.Error) as error:
         return _fail(prog, _filesystem_message(error))
@@ -577,7 +586,8 @@ def _join_negative_numbers(argv: Sequence[str]) -> list[str]:
 
 class _PipeSafeOutput:
     """Standard output that, once its reader has gone (``decoupled sweep | head -3``), drops what is written
-    instead of raising BrokenPipeError: the sweep goes on and records every run, only its output is lost."""
+    instead of raising BrokenPipeError: the sweep goes on and records every run, only its output is lost. A
+    character the output's encoding lacks (a task's name, a folder's) is written as its escape, not an error."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -587,9 +597,16 @@ class _PipeSafeOutput:
         if not self.broken:
             try:
                 return self._stream.write(text)
+            except UnicodeEncodeError:  # an output encoding without these characters (PYTHONIOENCODING=ascii)
+                return self.write(self._encodable(text))
             except BrokenPipeError:
                 self._break()
         return len(text)
+
+    def _encodable(self, text: str) -> str:
+        """``text`` with each character the stream cannot encode written as its escape (``\\u65e5``)."""
+        encoding = getattr(self._stream, "encoding", None) or "ascii"
+        return text.encode(encoding, "backslashreplace").decode(encoding)
 
     def flush(self) -> None:
         if not self.broken:

@@ -1,7 +1,9 @@
-"""Shared helpers of the sweep tests: tiny configs, a tiny CIFAR-10 folder, running the CLI."""
+"""Shared helpers of the sweep tests: tiny configs, a tiny CIFAR-10 folder, running the CLI, refusals that leave
+every file as it was, stores of made-up runs."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import signal
@@ -104,3 +106,73 @@ def kill_after_runs(process: subprocess.Popen, store_file: Path, runs: int = 2, 
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     process.communicate()
+
+
+def refused(capsys, argv: list[str], expected: str) -> str:
+    """Run main(argv) in this process; it must exit 2 with exactly one stderr line containing ``expected``."""
+    from decoupled.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (none if it does not exist) -> its SHA-256."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def refused_unchanged(capsys, argv: list[str], expected: str, folder: Path) -> str:
+    """:func:`refused`, and every file under ``folder`` as it was (a refused command changes nothing)."""
+    before = digest(folder)
+    line = refused(capsys, argv, expected)
+    assert digest(folder) == before, line
+    return line
+
+
+PROVENANCE = {"code_version": "test", "library_versions": {}, "hardware": {"cpu": "test CPU"}}
+
+
+def add_runs(folder: Path, config, error_of=lambda task, index: 0.1 + 0.01 * (index % 7) + 0.003 * task.seed,
+             keep=lambda index: True, diverged: bool = False) -> int:  # fmt: skip
+    """Record ``config`` and its runs in ``folder``'s store with made-up errors, as a sweep would (``keep``: which
+    of the planned runs, by index); return how many."""
+    from decoupled.experiments.store import Store
+    from decoupled.experiments.sweep import plan_tasks
+    from decoupled.experiments.train import RunRecord
+
+    count = 0
+    with Store.open(folder) as store:
+        store.add_sweep(config, "test")
+        for index, task in enumerate(plan_tasks(config)):
+            if not keep(index):
+                continue
+            error = None if diverged else error_of(task, index)
+            curve = [] if diverged else [error] * config.train.epochs
+            store.add_run(RunRecord(task.config, task.seed, [1.0] * len(curve), curve, curve, error, error,
+                                    diverged, 1.0, "cpu", provenance=PROVENANCE))  # fmt: skip
+            count += 1
+    return count
+
+
+def tensor_data(n: int = 60):
+    """A Data of ``n`` random 4-feature examples in three equal splits (a user task's)."""
+    import torch
+
+    from decoupled.experiments import Data
+
+    x = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    third = n // 3
+    return Data(train=(x[:third], y[:third]), val=(x[third : 2 * third], y[third : 2 * third]),
+                test=(x[2 * third :], y[2 * third :]))  # fmt: skip

@@ -6,26 +6,13 @@ import sqlite3
 
 import pytest
 
-from decoupled.cli import COMMANDS, build_parser, main
+from decoupled.cli import COMMANDS, build_parser
 
 from .conftest import cli, write_tiny_cifar
+from .conftest import refused as _refused
 
 TINY = ["--preset", "smoke", "--seeds", "1", "--epochs", "1", "--train-size", "200", "--val-size", "100",
         "--test-size", "100", "--optimizers", "sgdw", "--lr", "0.1", "--weight-decay", "0.0001"]  # fmt: skip
-
-
-def _refused(capsys, argv: list[str], expected: str) -> str:
-    """Run main(argv) in this process; it must exit 2 with exactly one stderr line containing ``expected``."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse's own refusals
-        code = exit_.code
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, captured
-    assert len(lines) == 1 and expected in lines[0], lines
-    assert "Traceback" not in captured.err
-    return lines[0]
 
 
 @pytest.mark.parametrize(

@@ -263,6 +263,26 @@ def test_a_task_ray_cannot_run_stops_the_sweep_unless_runs_already_finished():
                                f"System error: {text}")  # fmt: skip
 
 
+def test_a_module_the_workers_cannot_import_is_named():
+    """A task that imports a module the nodes lack: the message names that module, not this package."""
+    ray = pytest.importorskip("ray")
+
+    class Unrunnable:
+        exceptions = ray.exceptions
+
+        @staticmethod
+        def get(ref):
+            raise ray.exceptions.RaySystemError("ray::decoupled sgdw()\nModuleNotFoundError: No module named 'helper'")
+
+    backend = RayBackend.__new__(RayBackend)
+    backend.retries, backend._finished = 3, False
+    task = RunTask(load_sweep_config("smoke").run_config("sgdw", 0.1, 1e-4), 0)
+    with pytest.raises(BackendError) as caught:
+        backend._outcome(Unrunnable, None, 0, task)
+    assert "the workers cannot import module 'helper', which the task needs" in str(caught.value)
+    assert "every node needs this decoupled" not in str(caught.value)
+
+
 def test_neither_the_library_nor_the_local_backend_imports_ray():
     code = (
         "import sys, decoupled, decoupled.cli, decoupled.experiments.ray_backend\n"
@@ -311,7 +331,8 @@ def test_a_raising_user_task_on_ray_is_recorded_as_failed_and_the_sweep_goes_on(
         "    optimizer, scheduler = run.optimizer(nn.Linear(2, 2), steps_per_epoch=1)\n"
         "    if run.optimizer_name == 'sgd':\n"
         "        raise RuntimeError('sgd is not welcome here')\n"
-        "    run.report(0.5, 0.25, 0.125)\n"
+        "    for _ in range(run.epochs):\n"
+        "        run.report(0.5, 0.25, 0.125)\n"
         "task = LoopTask(train=train)\n"
     )
     task = load_task(f"{path}:task")
@@ -323,6 +344,27 @@ def test_a_raising_user_task_on_ray_is_recorded_as_failed_and_the_sweep_goes_on(
         (row,) = store.runs()
         (failure,) = store.failures()
     assert (row["optimizer"], row["final_test_error"], failure["optimizer"]) == ("adamw", 0.125, "sgd")
+
+
+def test_a_task_file_importing_a_module_beside_it_runs_on_ray(cluster, tmp_path):
+    """The task file's neighbours import on the workers as they do locally: their code travels with the task."""
+    from decoupled.experiments.tasks import load_task
+
+    (tmp_path / "beside_the_task.py").write_text("from torch import nn\ndef model():\n    return nn.Linear(2, 2)\n")
+    path = tmp_path / "neighbourly.py"
+    path.write_text(
+        "from decoupled.experiments import LoopTask\n"
+        "from beside_the_task import model\n"
+        "def train(run):\n"
+        "    run.optimizer(model(), steps_per_epoch=1)\n"
+        "    for _ in range(run.epochs):\n"
+        "        run.report(0.5, 0.25, 0.125)\n"
+        "task = LoopTask(train=train)\n"
+    )
+    task = load_task(f"{path}:task")
+    config = load_sweep_config("smoke", overrides={**TASK_GRID, "optimizers": ["adamw"]}, task=task)
+    summary = run_sweep(config, ExecutionOptions(out=tmp_path / "out", workers=1, backend="ray"), _quiet(), task=task)
+    assert (summary.recorded, summary.failed) == (1, [])
 
 
 def test_reproduce_runs_on_ray_with_the_local_backends_numbers_and_verdict(cluster, tmp_path):

@@ -178,6 +178,9 @@ class Findings:
     runs_expected: int
     runs_diverged: int
     runs_other: int  # stored runs outside this sweep's grid (older or other sweeps in the same folder)
+    # used runs whose final errors lie outside [0, 1] (stored by another program or an older version: errors are
+    # fractions, and a diverged run counts as 1.0)
+    runs_not_fractions: int
     wall_time_total_s: float  # sum of the runs' wall times (compute, not elapsed)
     hardware: dict[str, Any]
     code_versions: list[str]
@@ -310,6 +313,11 @@ def _comparison(base: OptimizerFindings, variant: OptimizerFindings, test_size: 
     return Comparison(base, variant, difference, relative, standard_error, test_set_noise)
 
 
+def _errors_are_fractions(row: dict[str, Any]) -> bool:
+    """Whether a stored run's final errors lie in [0, 1] (a diverged run's count as 1.0)."""
+    return bool(row["diverged"]) or all(0 <= row[f"final_{split}_error"] <= 1 for split in ("val", "test"))
+
+
 def analyze(config: SweepConfig, rows: list[dict[str, Any]]) -> Findings:
     """Summarize the stored ``rows`` that belong to ``config``'s grid (other rows are counted, not used)."""
     index: dict[str, tuple[str, int, int]] = {}
@@ -347,6 +355,7 @@ def analyze(config: SweepConfig, rows: list[dict[str, Any]]) -> Findings:
         runs_expected=sum(grid.cells for grid in config.grids) * config.seeds,
         runs_diverged=sum(r["diverged"] for r in used),
         runs_other=other,
+        runs_not_fractions=sum(not _errors_are_fractions(r) for r in used),
         wall_time_total_s=float(sum(r["wall_time_s"] for r in used)),
         hardware=hardware,
         code_versions=sorted({r["code_version"] for r in used}),

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Generator, Protocol, Sequence, Union
 
 from .config import DataConfig
+from .tasks import TaskError
 from .train import RunRecord, RunTask, run_task, train_run
 
 __all__ = [
@@ -51,19 +52,29 @@ class WorkerSetup:
     # The task's data as the sweep process loaded it (for a backend that ships it once, Ray); never pickled to
     # local workers, which load it themselves.
     task_data: Any = field(default=None, compare=False, repr=False)
+    # tasks.data_fingerprint of that data: a worker that loads the task's data itself must get the same.
+    data_fingerprint: str | None = None
 
 
 def load_worker_task(setup: WorkerSetup, device: str) -> tuple[Any, Any]:
     """(the user task, its data on ``device``) in a worker, or (None, None) for the built-in task, whose data
-    the worker loads from its data config."""
+    the worker loads from its data config. Data that differs from what the sweep process loaded (its sizes
+    recorded with every run) is a TaskError: the runs would train on other data than the store says."""
     if setup.task is None:
         return None, None
     import torch
 
-    from .tasks import load_task
+    from .tasks import TaskError, data_fingerprint, load_task
 
     task = load_task(setup.task) if isinstance(setup.task, str) else setup.task
     data = task.load_data()
+    here = data_fingerprint(data)
+    if setup.data_fingerprint is not None and here != setup.data_fingerprint:
+        raise TaskError(
+            f"{task.label}: its data differs between processes: {setup.data_fingerprint} in the sweep process, "
+            f"{here} in a worker; data() must return the same data wherever it is called (seed its random "
+            "generators; do not depend on state set at run time or on the working folder); nothing was run"
+        )
     return task, data.to(torch.device(device)) if data is not None else None
 
 
@@ -169,6 +180,9 @@ def _worker_main(worker: int, parent_pid: int, setup: WorkerSetup, tasks, events
         user_task, user_data = load_worker_task(setup, device)
         splits = None if user_task else load_splits(setup.data, Path(setup.cache_dir)).to(torch.device(device))
         described = provenance.describe(device)
+    except TaskError as error:  # the user's task (its data differs here, say): refused, as bad input is
+        events.put(("setup_refused", worker, str(error)))
+        return
     except Exception as error:  # noqa: BLE001 - reported to the sweep, which stops
         events.put(("setup_failed", worker, *failure(error)))
         return
@@ -245,6 +259,8 @@ class LocalBackend:
                     yield RunFailed(message[2], worker, message[3], message[4])
                 elif kind == "setup_failed":
                     raise BackendError(f"worker {worker} could not start: {message[2]}")
+                elif kind == "setup_refused":
+                    raise TaskError(message[2])
         finally:
             for process in processes:
                 if process.is_alive():

@@ -8,33 +8,33 @@ optimizer's best test error.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from .analysis import analyze
-from .findings.common import fmt_slope
-from .report import Block, write_document
-from .store import Store, StoreError
+from .files import prepare_output_folder
+from .findings.common import fmt_slope, provisional_note
+from .report import Block, md_code, md_text, write_document
+from .store import Store, StoreError, damaged_file, read_json
 
 __all__ = ["render_comparison"]
 
 
 def _finding_cells(folder: Path) -> dict[str, str]:
     """Row name -> cell text, for one folder (rendered first by the caller)."""
-    from .reproduce import MANIFEST_FILENAME, folder_kind
+    from .reproduce import folder_kind, read_manifest
 
     kind = folder_kind(folder)
     if kind in ("reproduction", "finding"):
-        folders = [folder / name for name in json.loads((folder / MANIFEST_FILENAME).read_text())["findings"]] if (
-            kind == "reproduction") else [folder]  # fmt: skip
+        folders = [folder / name for name in read_manifest(folder)["findings"]] if kind == "reproduction" else [folder]
         cells = {}
         for sub in folders:
             path = sub / "result.json"
             if path.exists():
-                result = json.loads(path.read_text(encoding="utf-8"))
-                cells[result["finding"]] = f"**{result['verdict']}**: {result['ours']}"
+                result = _read_result(path)
+                note = provisional_note(result["runs"], result["runs_expected"])
+                cells[md_text(result["finding"])] = f"**{md_text(result['verdict'])}**{note}: {md_text(result['ours'])}"
         return cells
     from .findings.f1 import pair_verdicts
 
@@ -56,17 +56,26 @@ def _finding_cells(folder: Path) -> dict[str, str]:
     return cells
 
 
+def _read_result(path: Path) -> dict:
+    """A finding's result.json (as rendered); a StoreError naming the file when it is damaged."""
+    result = read_json(path)
+    texts_ok = isinstance(result, dict) and all(isinstance(result.get(k), str) for k in ("finding", "verdict", "ours"))
+    if not texts_ok or not all(isinstance(result.get(k), int) for k in ("runs", "runs_expected")):
+        raise damaged_file(path, "not a finding's result: finding, verdict, ours, runs and runs_expected expected")
+    return result
+
+
 def render_comparison(folders: Sequence[Path], out: Path) -> tuple[Path, Path]:
     """One table, a column per folder (each already rendered), in ``out``/comparison.md and .html."""
     columns = [_finding_cells(Path(folder)) for folder in folders]
     names: list[str] = []
     for column in columns:
         names += [name for name in column if name not in names]
-    header = ["", *[f"`{folder}`" for folder in folders]]
+    header = ["", *[md_code(folder) for folder in folders]]
     rows = [[name, *[column.get(name, "") for column in columns]] for name in names]
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_folder(out)
     blocks: list[Block] = [
-        ("h1", "Side by side: " + ", ".join(str(f) for f in folders)),
+        ("h1", "Side by side: " + ", ".join(md_text(f) for f in folders)),
         ("p", f"Rendered {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; each folder's own report has the "
               "figures and the details."),
         ("table", header, rows),

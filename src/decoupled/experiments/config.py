@@ -227,7 +227,13 @@ class SweepConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "SweepConfig":
-        """Rebuild from :meth:`to_dict` output (as stored), without the layering of :func:`load_sweep_config`."""
+        """Rebuild from :meth:`to_dict` output (as stored), without the layering of :func:`load_sweep_config`.
+        An optimizer this version does not know (a newer version's) is a ValueError naming it."""
+        for grid in raw["grids"]:
+            if grid["optimizer"] not in OPTIMIZERS:
+                raise ValueError(
+                    f"unknown optimizer {grid['optimizer']!r} (this version knows {', '.join(OPTIMIZERS)})"
+                )
         return cls(
             name=raw["name"],
             seeds=int(raw["seeds"]),

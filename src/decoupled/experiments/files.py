@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["OutputFolderError", "atomic_write", "prepare_output_folder", "remove_if_empty"]
+__all__ = ["OutputFolderError", "atomic_write", "prepare_output_folder", "remove_if_empty", "write_text_atomic"]
 
 
 class OutputFolderError(ValueError):
@@ -21,17 +21,27 @@ def atomic_write(path: Path, mode: str = "wb", **open_args: Any) -> Iterator[IO]
     """Open a temporary file beside ``path`` to write; when the block ends without error, rename it to ``path``.
 
     A concurrent reader sees no file or the whole file, never part of one; on error no file is left behind.
-    The file is made readable by all (0644): mkstemp makes it private, and these files are for sharing.
+    The data reaches the disk (fsync) before the rename, so that a crash or power loss right after it leaves
+    the new file whole, not an empty one under the old name. The file is made readable by all (0644): mkstemp
+    makes it private, and these files are for sharing.
     """
     fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
     try:
         with os.fdopen(fd, mode, **open_args) as handle:
             yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`)."""
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _reason(error: OSError) -> str:

@@ -18,7 +18,7 @@ from .axes import steps_per_epoch, weight_decay_axis
 from .config import OPTIMIZERS
 from .train import format_power_of_two
 
-__all__ = ["HEATMAP_FILENAME", "CURVES_FILENAME", "plot_curves", "plot_heatmaps"]
+__all__ = ["HEATMAP_FILENAME", "CURVES_FILENAME", "drawable", "heatmap_figure", "plot_curves", "plot_heatmaps"]
 
 HEATMAP_FILENAME = "heatmaps.png"
 CURVES_FILENAME = "curves.png"
@@ -48,7 +48,9 @@ def color_range(findings: Findings) -> tuple[float, float]:
     if values.size == 0:
         return 0.0, 100.0
     low = float(values.min())
-    return low, min(100.0, low + max(5.0, 2 * low))
+    top = low + max(5.0, 2 * low)
+    # Errors are fractions: the scale ends at 100% at most, unless a store holds larger numbers (another scale).
+    return low, min(100.0, top) if low < 100 else top
 
 
 def _text_color(cmap, low: float, high: float, value: float) -> str:
@@ -116,6 +118,8 @@ def _panel(
             title += "  [edge]"
     else:
         title = f"{opt.label}: " + ("every cell diverged" if opt.cells_measured else "no runs")
+    if len(grid.weight_decays) > 2 * len(grid.lrs):  # a panel narrower than its title: the label on a line
+        title = title.replace(": ", ":\n", 1)
     ax.set_title(title, fontsize=9.5)
     return image
 
@@ -138,6 +142,19 @@ def plot_heatmaps(findings: Findings, path: Path, *, weight_decay_unit: str = "l
     Adam, AdamW); rings mark the 10 best usable cells on test error, the red square the cell picked on
     validation; hatched cells diverged in at least one seed; grey cells have no runs.
     ``weight_decay_unit="tau"`` labels the decoupled panels' weight decays as timescales in epochs (axes.py)."""
+    plt = _pyplot()
+    figure = heatmap_figure(findings, weight_decay_unit=weight_decay_unit)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+MAX_PANEL_SHAPE = 2.5  # a panel is at most this many times taller than wide (a 1 x 11 grid: one tall column)
+
+
+def heatmap_figure(findings: Findings, *, weight_decay_unit: str = "lambda"):
+    """The figure of :func:`plot_heatmaps`, laid out by matplotlib's constrained layout: the title, the panels'
+    titles and labels and the colour bar never overlap or leave the figure, whatever the grid's shape."""
     data = findings.config.data
     steps = steps_per_epoch(data.train_size, findings.config.train.batch_size)
     plt = _pyplot()
@@ -148,10 +165,13 @@ def plot_heatmaps(findings: Findings, path: Path, *, weight_decay_unit: str = "l
     rows = max(math.ceil(len(order) / per_row), 1)
     columns = 2 * per_row
     # Cells about square, so that two lines of label fit in each: taller panels for more weight decays than
-    # learning rates (F1's grid: 9 x 5).
+    # learning rates (F1's grid: 9 x 5), up to a limit.
     shape = max((len(f.grid.weight_decays) / max(len(f.grid.lrs), 1) for f in findings.optimizers), default=1.0)
-    height = max(4.4, 1.2 + 3.4 * shape)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, height * rows), squeeze=False)
+    height = max(4.4, 1.2 + 3.4 * min(shape, MAX_PANEL_SHAPE))
+    # A tall panel is narrower than its slot; the slot stays wide enough for the panel's title.
+    width = min(4.6, max(3.9, (height - 1.2) / shape + 1.6))
+    figure, axes = plt.subplots(rows, columns, figsize=(width * columns + 0.8, height * rows + 0.6), squeeze=False,
+                                layout="constrained")  # fmt: skip
     low, high = color_range(findings)
     cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")  # grey: cells not run (yet), or diverged
     image = None
@@ -163,20 +183,33 @@ def plot_heatmaps(findings: Findings, path: Path, *, weight_decay_unit: str = "l
         ax.axis("off")
     config = findings.config
     figure.suptitle(
-        f"Final error (%) on {repr(config.task) if config.task else config.data.dataset}, {config.train.epochs} "
-        f"epochs, {config.train.schedule} schedule, mean of {config.seeds} seed{'s' if config.seeds > 1 else ''} "
-        "(second line: +-std over seeds)\n"
+        f"Final error (%) on {drawable(repr(config.task)) if config.task else config.data.dataset}, "
+        f"{config.train.epochs} epochs, {config.train.schedule} schedule, mean of {config.seeds} "
+        f"seed{'s' if config.seeds > 1 else ''} (second line: +-std over seeds)\n"
         "rings: 10 best cells on test error; red square: the cell picked on validation; hatched: diverged",
         fontsize=10,
     )
-    figure.tight_layout(rect=(0, 0, 0.93, 1))
     if image is not None:
-        bar_axes = figure.add_axes((0.945, 0.12, 0.012, 0.72))
-        bar = figure.colorbar(image, cax=bar_axes, extend="max" if high < 100 else "neither")
+        bar = figure.colorbar(image, ax=flat, extend="max" if high < 100 else "neither", fraction=0.02, pad=0.01,
+                              shrink=0.8)  # fmt: skip
         bar.set_label("error (%)")
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return figure
+
+
+def drawable(text: str) -> str:
+    """``text`` (a user's name) as the figures' font draws it: ``$`` escaped (no mathtext), and each character
+    the font has no glyph for (CJK or emoji on a machine without such fonts) as its code point, ``\\u65e5``,
+    instead of an empty box and a "Glyph missing" warning."""
+    from matplotlib import font_manager, ft2font
+
+    font = ft2font.FT2Font(font_manager.findfont(font_manager.FontProperties()))
+    shown = []
+    for char in text:
+        if char.isprintable() and (char.isascii() or font.get_char_index(ord(char))):
+            shown.append(char)
+        else:
+            shown.append(ascii(char)[1:-1])
+    return "".join(shown).replace("$", r"\$")
 
 
 def epoch_axis(ax, epochs: int) -> None:

@@ -132,6 +132,21 @@ def _last_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+_INSTALLED = ("decoupled", "torch", "ray")  # what every node needs installed, as here
+
+
+def _missing_module_hint(cause: str) -> str:
+    """What to do about a task that Ray could not run: name the module its workers could not import."""
+    missing = re.search(r"No module named '([^']+)'", cause)
+    module = missing.group(1) if missing else None
+    if module is None or module.split(".")[0] in _INSTALLED:
+        return "every node needs this decoupled, torch and Ray installed (the same versions as here)"
+    return (
+        f"the workers cannot import module {module!r}, which the task needs: install it on every node, or put it "
+        "in the task file's folder (modules there travel with the task)"
+    )
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
@@ -229,15 +244,30 @@ def _run_task(setup: WorkerSetup, splits: Any, task: RunTask, user_task: Any = N
 
 
 def _ship_task_files_by_value() -> None:
-    """Task files loaded by path (``--task file.py:NAME``) are not importable on the cluster's nodes: make
-    Ray's pickler send their code along with the task (installed modules still travel by reference)."""
+    """Task files loaded by path (``--task file.py:NAME``) are not importable on the cluster's nodes, nor the
+    modules they import from their own folder (as a script does): make Ray's pickler send their code along with
+    the task (installed modules still travel by reference)."""
     from ray import cloudpickle
 
     from .tasks import FILE_MODULE_PREFIX
 
-    for name, module in list(sys.modules.items()):
-        if name.startswith(FILE_MODULE_PREFIX) and module is not None:
+    modules = list(sys.modules.items())
+    files = [getattr(module, "__file__", None) for name, module in modules if name.startswith(FILE_MODULE_PREFIX)]
+    folders = {Path(file).resolve().parent for file in files if file}
+    for name, module in modules:
+        if module is not None and (name.startswith(FILE_MODULE_PREFIX) or _is_neighbour(name, module, folders)):
             cloudpickle.register_pickle_by_value(module)
+
+
+def _is_neighbour(name: str, module: Any, folders: set[Path]) -> bool:
+    """Whether ``module`` is a top-level module or package that lives in one of ``folders`` (beside a task
+    file), and is not this package."""
+    file = getattr(module, "__file__", None)
+    if not file or "." in name or name.split(".")[0] == "decoupled":
+        return False
+    path = Path(file).resolve()
+    home = path.parent.parent if path.name == "__init__.py" else path.parent
+    return home in folders
 
 
 # ---------------------------------------------------------------------------------------------- driver side
@@ -321,10 +351,7 @@ class RayBackend:
             else:  # Ray could not run the task at all: e.g. this package cannot be imported on the node
                 cause = _last_line(error)
                 if not self._finished:  # nothing has run: every task would fail the same way
-                    raise BackendError(
-                        f"Ray could not run a task ({cause}); every node needs this decoupled, torch and Ray "
-                        "installed (the same versions as here)"
-                    ) from None
+                    raise BackendError(f"Ray could not run a task ({cause}); {_missing_module_hint(cause)}") from None
                 reason = f"Ray could not run it: {cause}"
             return RunFailed(task, slot, reason, str(error))
         self._finished = True

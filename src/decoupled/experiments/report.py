@@ -16,12 +16,13 @@ from pathlib import Path
 
 from .analysis import BASIN_POINTS, NOISE_MULTIPLE, TRAINED_WITHIN, Comparison, Findings, OptimizerFindings, analyze
 from .config import OPTIMIZERS
+from .files import write_text_atomic
 from .plots import CURVES_FILENAME, HEATMAP_FILENAME, plot_curves, plot_heatmaps
 from .store import Store, StoreError
 from .sweep import CSV_FILENAME
 from .train import format_power_of_two
 
-__all__ = ["ReportPaths", "render_report", "statements"]
+__all__ = ["ReportPaths", "md_code", "md_text", "render_report", "statements"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,31 @@ class ReportPaths:
     heatmaps: Path
     curves: Path
     csv: Path
+
+
+# ------------------------------------------------------------------------------------------ names as text
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What Markdown (and _inline_html) would read as markup: a backslash escape makes it literal. An underscore
+# between letters or digits is plain text already (train_loss), and a pipe is left to the tables' own escape
+# (the template's "cell" filter), which a second escape would undo.
+_MARKUP = re.compile(r"[\\`*\[\]<>~&]|(?<!\w)_|_(?!\w)|^#")
+
+
+def md_text(text: object) -> str:
+    """A name (a task's, a folder's, an error message) as literal Markdown: its markup characters
+    backslash-escaped and its line breaks as spaces, so that it cannot open a link, a code span or emphasis in
+    report.md, nor in report.html (:func:`_inline_html` reads the same escapes)."""
+    return _MARKUP.sub(lambda match: "\\" + match.group(0), _CONTROL.sub(" ", str(text)))
+
+
+def md_code(text: object) -> str:
+    """``text`` as one Markdown code span, whatever backticks it holds: fenced by one backtick more than its
+    longest run of them, and padded with a space where it starts or ends with one (CommonMark's rules)."""
+    text = _CONTROL.sub(" ", str(text))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" or (text[:1] == text[-1:] == " " and text.strip()) else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 # ------------------------------------------------------------------------------------------ plain statements
@@ -84,6 +110,12 @@ def statements(findings: Findings) -> list[str]:
                 f"{opt.label}: in {opt.row_best_on_edge} of {opt.slope_rows} rows the best weight decay is the grid's "
                 "smallest or largest, so its slope is a bound rather than an estimate there."
             )
+    if findings.runs_not_fractions:
+        lines.append(
+            f"**{findings.runs_not_fractions} runs have errors outside [0, 1]**: the toolkit reads errors as fractions "
+            "(the report shows them as percentages) and counts a diverged run as 1.0, so these numbers mix scales. "
+            "Report each error as a fraction (a percentage divided by 100)."
+        )
     if findings.runs_used < findings.runs_expected:
         lines.append(
             f"{findings.runs_expected - findings.runs_used} of {findings.runs_expected} runs are missing "
@@ -141,13 +173,13 @@ def _setup_lines(findings: Findings, parameters: int | None) -> list[str]:
     normalizer = math.sqrt(train.batch_size / (data.train_size * train.epochs)) if data.train_size else math.nan
     params = f", {parameters:,} parameters" if parameters else ""
     if config.task is not None:  # a user task: its own data and model (docs/your-model.md)
-        source = f"task `{config.task}`'s own"
-        model_line = f"Model: task `{config.task}`'s own{params}."
+        source = f"task {md_code(config.task)}'s own"
+        model_line = f"Model: task {md_code(config.task)}'s own{params}."
     else:
         source = {
             "mnist1d": f"MNIST-1D generated locally (generator seed {data.seed})",
             "digits": "scikit-learn's digits (8x8, as 64-sample signals)",
-            "cifar10": f"CIFAR-10 from {data.data_dir}" + (" with pad-4 crop + flip" if data.augment else ""),
+            "cifar10": f"CIFAR-10 from {md_code(data.data_dir)}" + (" with pad-4 crop + flip" if data.augment else ""),
         }[data.dataset]
         model_line = (
             f"Model: `{model.name}` width {model.width}, depth {model.depth}"
@@ -180,9 +212,9 @@ def _setup_lines(findings: Findings, parameters: int | None) -> list[str]:
         f"(NaN/inf loss; counted as 100% error); {findings.wall_time_total_s / 60:.1f} minutes of compute in all"
         + (f"; {findings.runs_other} other stored runs are not part of this grid" if findings.runs_other else "")
         + ".",
-        f"Provenance: code {', '.join(findings.code_versions) or 'n/a'}; hardware "
-        f"{findings.hardware.get('cpu', 'n/a')} ({findings.hardware.get('device', 'n/a')}"
-        + (f", {findings.hardware['gpu']}" if "gpu" in findings.hardware else "")
+        f"Provenance: code {md_text(', '.join(findings.code_versions) or 'n/a')}; hardware "
+        f"{md_text(findings.hardware.get('cpu', 'n/a'))} ({md_text(findings.hardware.get('device', 'n/a'))}"
+        + (f", {md_text(findings.hardware['gpu'])}" if "gpu" in findings.hardware else "")
         + ").",
     ]
 
@@ -281,8 +313,8 @@ def failure_blocks(failures: list[dict], rows: list[dict]) -> list[Block]:
     blocks: list[Block] = [("h2", "Failed runs")]
     if failures:
         table = [
-            [OPTIMIZERS[f["optimizer"]].label if f["optimizer"] in OPTIMIZERS else f["optimizer"],
-             format_power_of_two(f["lr"]), format_power_of_two(f["weight_decay"]), str(f["seed"]), f["error"]]
+            [OPTIMIZERS[f["optimizer"]].label if f["optimizer"] in OPTIMIZERS else md_text(f["optimizer"]),
+             format_power_of_two(f["lr"]), format_power_of_two(f["weight_decay"]), str(f["seed"]), md_text(f["error"])]
             for f in failures[:FAILURES_SHOWN]
         ]  # fmt: skip
         more = f" ({len(failures) - FAILURES_SHOWN} more not shown; all are in `results.sqlite`, table failures)"
@@ -294,10 +326,12 @@ def failure_blocks(failures: list[dict], rows: list[dict]) -> list[Block]:
     if diverged:
         reasons: dict[str, int] = {}
         for row in diverged:
-            reason = row["extra"].get("diverged", "training loss became NaN/inf")
+            reason = str(row["extra"].get("diverged", "training loss became NaN/inf"))
             reason = re.sub(r" at epoch \d+.*", "", reason)  # group "train_loss is nan at epoch 3, step 2" by kind
             reasons[reason] = reasons.get(reason, 0) + 1
-        text = "; ".join(f"{reason} ({count})" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        text = "; ".join(
+            f"{md_text(reason)} ({count})" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])
+        )
         blocks.append(("p", f"{len(diverged)} runs diverged (counted as 100% error): {text}."))
     return blocks
 
@@ -309,9 +343,9 @@ def build_document(
     optimizer_header, optimizer_rows = _optimizer_table(findings)
     comparison_header, comparison_rows = _comparison_table(findings)
     blocks: list[Block] = [
-        ("h1", f"Decoupled weight decay: learning rate x weight decay sweep ({config.name})"),
-        ("p", f"Output folder `{out}`, rendered {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
-              f"`{out / 'results.sqlite'}` (`decoupled report {out}` renders it again)."),
+        ("h1", f"Decoupled weight decay: learning rate x weight decay sweep ({md_text(config.name)})"),
+        ("p", f"Output folder {md_code(out)}, rendered {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
+              f"{md_code(out / 'results.sqlite')} ({md_code(f'decoupled report {out}')} renders it again)."),
         ("h2", "Findings"),
         ("ul", statements(findings)),
         ("h2", "Best setting of each optimizer"),
@@ -347,11 +381,42 @@ li { margin: 0.3em 0; }
 """
 
 
+# A code span (a run of backticks, its text, the same run: CommonMark), or a backslash-escaped punctuation mark.
+_LITERAL = re.compile(
+    r"(?<!`)(?P<fence>`+)(?!`)(?P<code>.+?)(?<!`)(?P=fence)(?!`)|\\(?P<escaped>[!-/:-@\[-`{-~])", re.S
+)
+_SAFE_LINK = re.compile(r"(?:https?://|mailto:|[^:/?#]*(?:[/?#]|$))", re.I)  # a web address or a relative one
+
+
 def _inline_html(text: str) -> str:
-    escaped = html.escape(str(text))
+    """The Markdown of a block's text as HTML: code spans and backslash escapes first (their text is literal),
+    then **strong** and [links](target), a link only to a web address or a relative path (never javascript:)."""
+    literals: list[str] = []
+
+    def keep(match: re.Match) -> str:
+        if match.group("escaped") is not None:
+            literals.append(html.escape(match.group("escaped")))
+        else:
+            code = match.group("code")
+            if code[:1] == code[-1:] == " " and code.strip():
+                code = code[1:-1]
+            literals.append(f"<code>{html.escape(code)}</code>")
+        return f"\x00{len(literals) - 1}\x00"
+
+    escaped = html.escape(_LITERAL.sub(keep, str(text).replace("\x00", "\ufffd")))
     escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
-    escaped = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', escaped)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
+
+    def link(match: re.Match) -> str:
+        label, target = match.group(1), match.group(2)
+        return f'<a href="{target}">{label}</a>' if _SAFE_LINK.match(html.unescape(target)) else match.group(0)
+
+    escaped = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", link, escaped)
+    return re.sub(r"\x00(\d+)\x00", lambda match: literals[int(match.group(1))], escaped)
+
+
+def _plain(text: str) -> str:
+    """A block's Markdown as plain text (the HTML page's title): code spans and escapes as their text."""
+    return _LITERAL.sub(lambda m: m.group("escaped") or m.group("code"), str(text).replace("**", ""))
 
 
 def _template():
@@ -366,7 +431,7 @@ def _template():
 
 
 def _title(blocks: list[Block]) -> str:
-    return next((block[1] for block in blocks if block[0] == "h1"), "decoupled report")
+    return _plain(next((block[1] for block in blocks if block[0] == "h1"), "decoupled report"))
 
 
 def to_markdown(blocks: list[Block]) -> str:
@@ -387,8 +452,8 @@ def to_html(blocks: list[Block], folder: Path) -> str:
 def write_document(blocks: list[Block], folder: Path, stem: str) -> tuple[Path, Path]:
     """``stem``.md and ``stem``.html in ``folder`` (images named in ``blocks`` are files in ``folder``)."""
     markdown, page = folder / f"{stem}.md", folder / f"{stem}.html"
-    markdown.write_text(to_markdown(blocks), encoding="utf-8")
-    page.write_text(to_html(blocks, folder), encoding="utf-8")
+    write_text_atomic(markdown, to_markdown(blocks))
+    write_text_atomic(page, to_html(blocks, folder))
     return markdown, page
 
 

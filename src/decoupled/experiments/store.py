@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import shutil
 import sqlite3
 import tempfile
 import time
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .config import OPTIMIZERS, RunConfig, SweepConfig
-from .files import atomic_write
+from .files import atomic_write, write_text_atomic
 from .train import RunRecord
 
-__all__ = ["SCHEMA_VERSION", "Store", "StoreError", "CSV_COLUMNS"]
+__all__ = ["SCHEMA_VERSION", "Store", "StoreError", "CSV_COLUMNS", "damaged_file", "read_json", "write_json"]
 
 SCHEMA_VERSION = 1
 STORE_FILENAME = "results.sqlite"
@@ -105,6 +107,97 @@ def _recovery(path: Path) -> str:
         f"it was left unchanged: copy out what is readable with `sqlite3 {path} .recover | sqlite3 recovered.sqlite`"
         f", or move it away and run again to start afresh"
     )
+
+
+def _delete_row(path: Path, row_id: Any) -> str:
+    return f"`sqlite3 {path} 'DELETE FROM runs WHERE id = {row_id}'`"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# The kinds of value a stored run's columns hold: (test, what it is, for the message).
+_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "text": (lambda v: isinstance(v, str), "text"),
+    "count": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    "finite": (lambda v: _is_number(v) and math.isfinite(v), "a finite number"),
+    "flag": (lambda v: v in (0, 1) and not isinstance(v, float), "0 or 1"),
+    "object": (lambda v: isinstance(v, dict), "a JSON object"),
+    "numbers": (lambda v: isinstance(v, list) and all(_is_number(x) for x in v), "a JSON list of numbers"),
+}
+# What each column of a stored run must hold for the analysis to read it: a store edited by hand, or written by
+# another program, can hold anything (SQLite checks no types). Curves may hold NaN (a point not measured).
+_ROW_KINDS: dict[str, str] = {
+    "config_hash": "text", "seed": "count", "optimizer": "text", "decay": "text", "lr": "finite",
+    "weight_decay": "finite", "config": "object", "train_loss": "numbers", "val_error": "numbers",
+    "test_error": "numbers", "diverged": "flag", "epochs_run": "count", "wall_time_s": "finite", "device": "text",
+    "code_version": "text", "library_versions": "object", "hardware": "object", "extra": "object",
+    "finished_at": "text",
+}  # fmt: skip
+
+
+def _value_problem(value: Any, kind: str) -> str | None:
+    """Why ``value`` is not of ``kind`` (a key of _KINDS), or None."""
+    test, wanted = _KINDS[kind]
+    if test(value):
+        return None
+    return f"{wanted}, got {'NULL' if value is None else repr(value)[:40]}"
+
+
+def _row_problem(row: dict[str, Any]) -> str | None:
+    """Why a stored run (JSON columns decoded) cannot be read by the analysis, or None when it can."""
+    for column, kind in _ROW_KINDS.items():
+        problem = _value_problem(row.get(column), kind)
+        if problem is not None:
+            return f"{column} must be {problem}"
+    train = row["config"].get("train")
+    if not isinstance(train, dict) or _value_problem(train.get("epochs"), "count") or train["epochs"] < 1:
+        return "config.train.epochs must be an integer >= 1"
+    if not row["diverged"]:  # a diverged run's final errors are NULL and never read (it counts as 100% error)
+        for column in ("final_val_error", "final_test_error"):
+            if not (_is_number(row[column]) and math.isfinite(row[column])):
+                value = "NULL" if row[column] is None else repr(row[column])
+                return f"{column} is {value} in a run that did not diverge (a finite number was expected)"
+    return None
+
+
+def _decoded(row: sqlite3.Row) -> tuple[dict[str, Any], str | None]:
+    """A stored run as a dict with its JSON columns decoded, and why it cannot be read (None: it can)."""
+    item = dict(row)
+    for column in _JSON_COLUMNS:
+        try:
+            item[column] = json.loads(item[column])
+        except (TypeError, ValueError) as error:
+            return item, f"{column} is not JSON ({error})"
+    return item, _row_problem(item)
+
+
+def damaged_file(path: Path, problem: str) -> StoreError:
+    """The error for a file of an output folder that does not hold what it should (the message names it)."""
+    return StoreError(
+        f"{str(path)!r} is damaged ({problem}); it was left unchanged: restore it, or move its folder away and run "
+        "again to start afresh"
+    )
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in ``path``; a StoreError naming the file when it cannot be read or is not JSON."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise damaged_file(path, "not UTF-8 text") from None
+    except OSError as error:
+        raise StoreError(f"cannot read {str(path)!r}: {error.strerror or error}") from None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise damaged_file(path, f"not JSON: {error}") from None
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON to ``path`` atomically: a reader (or a crash) never sees half a file."""
+    write_text_atomic(path, json.dumps(value, indent=1) + "\n")
 
 
 def _now() -> str:
@@ -289,19 +382,42 @@ class Store:
         return {(row[0], row[1]) for row in self._db.execute("SELECT config_hash, seed FROM runs")}
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every recorded run as a dict, JSON columns decoded, oldest first."""
-        rows = []
+        """Every recorded run as a dict, JSON columns decoded, oldest first. A row that the analysis cannot
+        read (edited by hand, or written by another program: a NULL final error, JSON that does not parse) is
+        a StoreError naming the file, the row and what is wrong, before any number is computed from it."""
+        rows, damaged = [], []
         for row in self._db.execute("SELECT * FROM runs ORDER BY id"):
-            item = dict(row)
-            for column in _JSON_COLUMNS:
-                item[column] = json.loads(item[column])
+            item, problem = _decoded(row)
+            if problem is not None:
+                damaged.append((item.get("id"), problem))
+                continue
             item["diverged"] = bool(item["diverged"])
             rows.append(item)
+        if damaged:
+            (row_id, problem), more = damaged[0], len(damaged) - 1
+            others = f" ({more} more damaged rows: {', '.join(str(i) for i, _ in damaged[1:6])})" if more else ""
+            raise StoreError(
+                f"{str(self.path)!r}: run row {row_id} is damaged ({problem}){others}; the store was left unchanged: "
+                f"delete the row ({_delete_row(self.path, row_id)}) and run the same sweep again to redo that run"
+            )
         return rows
 
     def latest_sweep(self) -> SweepConfig | None:
-        row = self._db.execute("SELECT config FROM sweeps ORDER BY id DESC LIMIT 1").fetchone()
-        return SweepConfig.from_dict(json.loads(row[0])) if row else None
+        """The config of the latest sweep recorded (the report draws its grids); a StoreError naming the file when
+        it cannot be read here (edited, or written by another version: an optimizer this version does not know)."""
+        row = self._db.execute("SELECT id, config, code_version FROM sweeps ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        try:
+            return SweepConfig.from_dict(json.loads(row["config"]))
+        except (TypeError, ValueError, KeyError, AttributeError) as error:
+            problem = f"{type(error).__name__}: {error}" if isinstance(error, KeyError) else str(error)
+            raise StoreError(
+                f"{str(self.path)!r}: the config of its latest sweep (row {row['id']}, written by "
+                f"{row['code_version']}) cannot be read by this version of decoupled ({problem}); the store was left "
+                "unchanged: report it with the version that wrote it, or run the sweep again with this one (it "
+                "records its config anew; no stored run is repeated)"
+            ) from None
 
     def export_csv(self, path: str | Path, rows: list[dict[str, Any]] | None = None) -> int:
         """Write every run as one CSV row (curves and metadata as JSON strings), atomically; return the count.
@@ -326,17 +442,20 @@ class Store:
 
 
 def _create(path: Path) -> None:
-    """Make a store file whole: build the schema in a temporary file beside ``path`` and link it into place.
+    """Make a store file whole: build the schema in a temporary file beside ``path``, check it, and link it into
+    place.
 
     So ``path`` never exists half made (a 0-byte or schema-less file is refused, never filled in), and of two
-    sweeps creating one store at once, one links its file and the other opens that one.
+    sweeps creating one store at once, one links its file and the other opens that one. The schema is written in
+    SQLite's rollback-journal mode, where the commit writes the file itself (a full disk fails the commit), and
+    only then switched to WAL: a WAL commit reaches the file at a checkpoint when the connection closes, which
+    fails silently on a full disk and left a damaged file behind.
     """
     fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".sqlite", dir=path.parent)
     os.close(fd)
     try:
         db = sqlite3.connect(tmp, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode = WAL")  # readers never block the writer, and vice versa (kept in the file)
             db.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -346,8 +465,12 @@ def _create(path: Path) -> None:
                 (str(SCHEMA_VERSION), _now()),
             )
             db.execute("COMMIT")
+            # Readers never block the writer, and vice versa (kept in the file).
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         finally:
             db.close()
+        if mode != "wal" or not _is_whole(tmp):
+            raise sqlite3.OperationalError("the new store could not be written whole")
         os.chmod(tmp, 0o644)
         try:
             os.link(tmp, path)  # no overwrite: if another sweep made the store meanwhile, that one is used
@@ -357,10 +480,34 @@ def _create(path: Path) -> None:
             if not path.exists():
                 os.replace(tmp, path)
     except sqlite3.Error as error:
-        raise StoreError(f"cannot create {str(path)!r}: {error}") from None
+        raise StoreError(f"cannot create {str(path)!r}: {error}{_full_disk_hint(path.parent)}") from None
     except OSError as error:
         raise StoreError(f"cannot create {str(path)!r}: {error.strerror or error}") from None
     finally:
-        for leftover in (tmp, tmp + "-wal", tmp + "-shm"):
+        for leftover in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
             if os.path.exists(leftover):
                 os.unlink(leftover)
+
+
+def _is_whole(file: str) -> bool:
+    """Whether the store just built in ``file`` reads back whole: its pages check out and it has its schema."""
+    try:
+        with closing(sqlite3.connect(file, isolation_level=None)) as db:
+            checked = [row[0] for row in db.execute("PRAGMA quick_check")]
+            version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.Error:
+        return False
+    return checked == ["ok"] and version is not None and version[0] == str(SCHEMA_VERSION)
+
+
+def _full_disk_hint(folder: Path) -> str:
+    """The words " (no space left on device)" when the folder's filesystem is (nearly) full, which SQLite reports
+    as a full database or as a disk I/O error; else the empty string."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return " (no space left on device)" if free < _STORE_ROOM else ""
+
+
+_STORE_ROOM = 1 << 20  # bytes: a new store and its first runs fit in far less; below it, the disk is full

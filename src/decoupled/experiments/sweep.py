@@ -20,7 +20,7 @@ from .data import prepare_data
 from .files import prepare_output_folder, remove_if_empty
 from .progress import SweepProgress
 from .store import STORE_FILENAME, Store, StoreError
-from .tasks import AnyTask, TaskError, describe_sizes
+from .tasks import AnyTask, TaskError, data_fingerprint, describe_sizes
 from .train import RunTask
 
 __all__ = [
@@ -155,8 +155,7 @@ def run_sweeps(
     created = prepare_output_folder(options.out)
     task_data = None
     try:
-        if (options.out / STORE_FILENAME).exists():
-            Store.open(options.out, create=False).close()  # refuse a damaged or incompatible store before any work
+        _stored_keys(options.out, check_rows=True)  # refuse a damaged or incompatible store before any work
         if task is not None:
             for config in configs:
                 if config.task != task.name:
@@ -172,39 +171,71 @@ def run_sweeps(
     except BaseException:
         remove_if_empty([*created, cache_dir])  # a refused sweep leaves no empty folder behind
         raise
-    with Store.open(options.out) as store:
-        tasks: list[RunTask] = []
-        seen: set[tuple[str, int]] = set()
-        for config in configs:
-            for run in plan_tasks(config):
-                if run.key not in seen:
-                    seen.add(run.key)
-                    tasks.append(run)
-        summary.planned = len(tasks)
-        finished = store.finished_keys()
-        todo = [run for run in tasks if run.key not in finished]
-        summary.skipped = len(tasks) - len(todo)
-        for config in configs:
-            store.add_sweep(config, provenance.code_version())
-        # Spawned local workers import a loaded task again from where it came from; Ray ships the task itself.
-        shipped = task.source if task is not None and task.source and options.backend == "local" else task
-        setup = WorkerSetup(configs[0].data, str(cache_dir), options.device, options.threads, task=shipped,
-                            task_data=task_data)  # fmt: skip
-        progress.begin(len(todo), summary.skipped, min(backend.workers, max(len(todo), 1)))
-        try:
-            # closing(): an interrupted sweep stops its workers now, not whenever the generator is collected.
-            with closing(backend.run(setup, todo)) as events:
-                for event in events:
-                    _record(event, store, summary)
-                    progress.update(event)
-        except BaseException:
-            progress.end()
+    tasks: list[RunTask] = []
+    seen: set[tuple[str, int]] = set()
+    for config in configs:
+        for run in plan_tasks(config):
+            if run.key not in seen:
+                seen.add(run.key)
+                tasks.append(run)
+    summary.planned = len(tasks)
+    finished = _stored_keys(options.out)
+    todo = [run for run in tasks if run.key not in finished]
+    summary.skipped = len(tasks) - len(todo)
+    # Spawned local workers import a loaded task again from where it came from (and check that its data is the
+    # data loaded here); Ray ships the task and the data loaded here.
+    shipped = task.source if task is not None and task.source and options.backend == "local" else task
+    fingerprint = data_fingerprint(task_data) if task is not None else None
+    setup = WorkerSetup(configs[0].data, str(cache_dir), options.device, options.threads, task=shipped,
+                        task_data=task_data, data_fingerprint=fingerprint)  # fmt: skip
+    progress.begin(len(todo), summary.skipped, min(backend.workers, max(len(todo), 1)))
+    store: Store | None = None
+    try:
+        # closing(): an interrupted sweep stops its workers now, not whenever the generator is collected.
+        with closing(backend.run(setup, todo)) as events:
+            for event in events:
+                # The store is made (and the sweep recorded) at the first event, once the workers are running: a
+                # sweep refused while they start (a task whose data differs there) leaves the folder as it was.
+                store = store or _open_for_recording(options.out, configs)
+                _record(event, store, summary)
+                progress.update(event)
+        store = store or _open_for_recording(options.out, configs)  # nothing was left to run
+    except BaseException:
+        progress.end()
+        if store is None:
+            remove_if_empty([*created, cache_dir])
+        else:
             # Best effort: the error in flight (Ctrl-C, a full disk) says more than a CSV that cannot be written
             # for the same reason; every recorded run is in the store, and `decoupled report` rewrites the CSV.
             with suppress(StoreError):
                 store.export_csv(options.out / CSV_FILENAME)
-            raise
-        progress.end()
+            store.close()
+        raise
+    progress.end()
+    with store:
         store.export_csv(options.out / CSV_FILENAME)
     summary.wall_time_s = time.monotonic() - started
     return summary
+
+
+def _stored_keys(folder: Path, check_rows: bool = False) -> set[tuple[str, int]]:
+    """(config hash, seed) of every run in ``folder``'s store; none without a store (nothing is made here).
+    Refuses a damaged or incompatible store; ``check_rows``: also one with a row the report could not read."""
+    if not (folder / STORE_FILENAME).exists():
+        return set()
+    with Store.open(folder, create=False) as store:
+        if check_rows:
+            store.runs()
+        return store.finished_keys()
+
+
+def _open_for_recording(folder: Path, configs: list[SweepConfig]) -> Store:
+    """The store of ``folder`` (made when there is none), with the sweeps of ``configs`` recorded in it."""
+    store = Store.open(folder)
+    try:
+        for config in configs:
+            store.add_sweep(config, provenance.code_version())
+    except BaseException:
+        store.close()
+        raise
+    return store

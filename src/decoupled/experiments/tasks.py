@@ -20,8 +20,9 @@ What the toolkit does with a task, per run (cell: optimizer o, learning rate alp
 4. after every epoch it records the mean training loss and the validation and test errors; the validation error
    picks each optimizer's best cell, the test error reports it;
 5. a non-finite loss, parameter or reported number ends the run as *diverged* (counted as 100% error); an
-   exception, or a run that reports no epoch or never builds its optimizer, is a *failed* run with its error
-   message (stored; the next sweep on the folder retries it). Either way the sweep goes on.
+   exception, or a run that never builds its optimizer, reports an epoch more or fewer than ``epochs``, or
+   reports an error outside [0, 1], is a *failed* run with its error message (stored; the next sweep on the
+   folder retries it). Either way the sweep goes on.
 
 Example (the declarative form; ``decoupled sweep --task this_file.py:task``)::
 
@@ -65,6 +66,7 @@ __all__ = [
     "TaskError",
     "builtin_task",
     "classification_error",
+    "data_fingerprint",
     "load_task",
     "make_optimizer",
 ]
@@ -546,9 +548,10 @@ class Run:
         return optimizer, make_scheduler(self.config, optimizer, steps_per_epoch)
 
     def report(self, train_loss: float, val_error: float, test_error: float) -> None:
-        """Record one finished epoch: mean training loss, validation and test error (lower is better; the
-        report prints errors as percentages, so fractions read best). A NaN or infinite value raises
-        :class:`Diverged`, which ends the run as diverged (let it propagate)."""
+        """Record one finished epoch: mean training loss, validation and test error (fractions in [0, 1], lower is
+        better; the report prints them as percentages). A NaN or infinite value raises :class:`Diverged`, which
+        ends the run as diverged (let it propagate); an error outside [0, 1], or a report past the run's
+        ``epochs``, fails the run."""
         values = {}
         for name, value in (("train_loss", train_loss), ("val_error", val_error), ("test_error", test_error)):
             try:
@@ -556,9 +559,20 @@ class Run:
             except (TypeError, ValueError):
                 raise TypeError(f"run.report: {name} must be a number, got {_kind(value)}") from None
         epoch = len(self.train_loss) + 1
+        if epoch > self.epochs:
+            raise RuntimeError(
+                f"run.report was called for epoch {epoch} of a {self.epochs}-epoch run: report once per epoch, "
+                "after it ends"
+            )
         for name, value in values.items():
             if not math.isfinite(value):
                 raise Diverged(f"{name} is {value} at epoch {epoch}")
+        for name in ("val_error", "test_error"):
+            if not 0 <= values[name] <= 1:
+                raise ValueError(
+                    f"run.report: {name} must be a fraction in [0, 1] (the analysis counts a diverged run as 1.0, "
+                    f"i.e. 100%), got {values[name]:g} at epoch {epoch}; report a percentage divided by 100"
+                )
         self.train_loss.append(values["train_loss"])
         self.val_error.append(values["val_error"])
         self.test_error.append(values["test_error"])
@@ -691,6 +705,28 @@ def builtin_task(model: ModelConfig, splits: Any, augment: bool = False) -> Task
         augment=random_crop_flip if augment else None,
         name=None,
     )
+
+
+def data_fingerprint(data: Data | None) -> str:
+    """What identifies a task's loaded data across processes, cheaply: each split's size, and for tensor splits
+    their shapes, dtypes and a SHA-256 of up to 256 evenly spaced examples (a few kB, whatever the data's size).
+    A Dataset split counts by its size only: its items may be drawn at random (augmentation) on every access."""
+    if data is None:
+        return "no data"
+    digest = hashlib.sha256()
+    for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
+        digest.update(f"{name}:{_rows(split)};".encode())
+        if isinstance(split, tuple):
+            rows = _rows(split)
+            sample = torch.linspace(0, rows - 1, min(rows, 256)).long()
+            for part in split:
+                digest.update(f"{tuple(part.shape)}:{part.dtype};".encode())
+                try:
+                    values = part.detach()[sample.to(part.device)].cpu().contiguous().flatten()
+                    digest.update(values.view(torch.uint8).numpy().tobytes())
+                except (RuntimeError, TypeError):  # a layout without bytes to read (sparse, quantized): shapes only
+                    continue
+    return "{} train / {} validation / {} test examples, data {}".format(*data.sizes, digest.hexdigest()[:12])
 
 
 def describe_sizes(data: Data | None) -> tuple[int, int, int]:

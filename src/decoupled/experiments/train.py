@@ -90,7 +90,8 @@ def run_task(task: AnyTask, data: Data | None, config: RunConfig, seed: int, dev
     :class:`~.tasks.Task`, your ``train(run)`` for a :class:`~.tasks.LoopTask`) and turns what it reported
     into a record. :class:`~.tasks.Diverged` (a non-finite loss, parameter or reported number) gives a record
     with ``diverged=True`` and the reason in ``extra["diverged"]``; any other exception propagates (the worker
-    reports the run as failed), as does a run that reported no epoch or never built its optimizer.
+    reports the run as failed), as does a run that never built its optimizer or reported another number of
+    epochs than ``config.train.epochs``.
     """
     seed_everything(seed)
     started = time.perf_counter()
@@ -108,6 +109,11 @@ def run_task(task: AnyTask, data: Data | None, config: RunConfig, seed: int, dev
         raise RuntimeError("the task never called run.optimizer(...): the cell's optimizer was not used")
     if not record.diverged and not run.train_loss:
         raise RuntimeError("the task reported no epoch (call run.report(train_loss, val_error, test_error) per epoch)")
+    if not record.diverged and len(run.train_loss) != run.epochs:
+        raise RuntimeError(
+            f"the task reported {len(run.train_loss)} epochs of a {run.epochs}-epoch run (call run.report once per "
+            "epoch, for every epoch)"
+        )
     record.train_loss, record.val_error, record.test_error = run.train_loss, run.val_error, run.test_error
     record.extra = run.extra
     if not record.diverged:

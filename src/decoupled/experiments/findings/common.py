@@ -16,8 +16,7 @@ Verdicts (one of :data:`VERDICTS`) come from 95% intervals only, by the rules of
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 from ..analysis import Findings, analyze
 from ..config import ConfigError, SweepConfig, merge, read_preset, sweep_config_from_dict
 from ..stats import Interval
-from ..store import Store
+from ..store import Store, damaged_file, read_json, write_json
 
 __all__ = [
     "EXPERIMENT_FILENAME",
@@ -41,6 +40,7 @@ __all__ = [
     "direction_verdict",
     "exponent_verdict",
     "load_experiment",
+    "no_interval_reason",
     "read_arms",
     "slope_pair_verdict",
 ]
@@ -88,16 +88,26 @@ class Experiment:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Experiment:
+        """From :meth:`to_dict` output; a ValueError, TypeError or KeyError when ``raw`` is not one."""
+        if not isinstance(raw["smoke"], bool):
+            raise ValueError(f"smoke must be true or false, got {raw['smoke']!r}")
         arms = tuple(Arm(a["finding"], a["name"], SweepConfig.from_dict(a["config"])) for a in raw["arms"])
-        return cls(raw["finding"], raw["preset"], bool(raw["smoke"]), arms, tuple(raw.get("needs", ())))
+        return cls(raw["finding"], raw["preset"], raw["smoke"], arms, tuple(raw.get("needs", ())))
 
     def write(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / EXPERIMENT_FILENAME).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        """``folder``/experiment.json, atomically (``folder`` exists)."""
+        write_json(folder / EXPERIMENT_FILENAME, self.to_dict())
 
     @classmethod
     def read(cls, folder: Path) -> Experiment:
-        return cls.from_dict(json.loads((folder / EXPERIMENT_FILENAME).read_text(encoding="utf-8")))
+        """The experiment of ``folder``; a StoreError naming the file when it is missing or damaged."""
+        path = folder / EXPERIMENT_FILENAME
+        raw = read_json(path)
+        try:
+            return cls.from_dict(raw)
+        except (TypeError, ValueError, KeyError, AttributeError) as error:
+            problem = f"missing key {error}" if isinstance(error, KeyError) else str(error)
+            raise damaged_file(path, f"not an experiment of decoupled reproduce: {problem}") from None
 
 
 _FOLDER = "findings"  # presets/findings/fN.toml: apart from the sweep presets, which load_sweep_config reads
@@ -181,12 +191,29 @@ class FindingResult:
     tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)  # (caption, header, rows)
     runs: int = 0
     runs_expected: int = 0
+    runs_diverged: int = 0
     wall_time_s: float = 0.0  # sum of the runs' wall times
     setup: str = ""
 
+    @property
+    def provisional_note(self) -> str:
+        """The verdict's mark while runs are missing (interrupted or failed): " (provisional: 40 of 100 runs
+        stored)"; else the empty string."""
+        return provisional_note(self.runs, self.runs_expected)
+
+    def verdict_text(self) -> str:
+        """The verdict as printed and tabled: marked provisional while runs are missing."""
+        return self.verdict + self.provisional_note
+
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("finding", "title", "claim", "paper", "ours", "verdict", "figure",
-                                                 "runs", "runs_expected", "wall_time_s")}  # fmt: skip
+                                                 "runs", "runs_expected", "runs_diverged", "wall_time_s")}  # fmt: skip
+
+
+def provisional_note(runs: int, expected: int) -> str:
+    """The mark of a verdict from ``runs`` of ``expected`` runs: " (provisional: RUNS of EXPECTED runs stored)"
+    while runs are missing, else the empty string."""
+    return f" (provisional: {runs} of {expected} runs stored)" if runs < expected else ""
 
 
 # ---------------------------------------------------------------------------------------------------- verdicts
@@ -251,9 +278,24 @@ def combine(verdicts: list[str]) -> str:
     return INCONCLUSIVE
 
 
-def fmt_points(interval: Interval | None) -> str:
-    """An error difference (fractions) as points with its interval, e.g. '+0.42 [+0.10, +0.74] points'."""
-    return "n/a (fewer than 2 seeds)" if interval is None else f"{interval.format(2, 100)} points"
+def no_interval_reason(arms: Iterable[Findings]) -> str:
+    """Why an interval computed from ``arms`` (a finding's sweeps) can be missing, in words that hold for every
+    one of its intervals: no runs, every run diverged, fewer than 2 seeds, or (else) the cells it compares."""
+    arms = list(arms)
+    used, diverged = sum(f.runs_used for f in arms), sum(f.runs_diverged for f in arms)
+    if used == 0:
+        return "no runs stored"
+    if diverged == used:
+        return "every run diverged"
+    if min(f.config.seeds for f in arms) < 2:
+        return "fewer than 2 seeds"
+    return "its cells diverged, or have fewer than 2 seeds stored"
+
+
+def fmt_points(interval: Interval | None, missing: str) -> str:
+    """An error difference (fractions) as points with its interval, e.g. '+0.42 [+0.10, +0.74] points';
+    without an interval "n/a (``missing``)", the reason (:func:`no_interval_reason`)."""
+    return f"n/a ({missing})" if interval is None else f"{interval.format(2, 100)} points"
 
 
 def fmt_slope(interval: Interval | None) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 from ..analysis import Findings, OptimizerFindings
 from ..stats import Interval, paired_interval
 from ..train import format_power_of_two
-from .common import FindingResult, direction_verdict, fmt_points
+from .common import FindingResult, direction_verdict, fmt_points, no_interval_reason
 from .plots import plot_intervals
 
 TITLE = "L2 regularization is not effective in Adam"
@@ -70,23 +70,24 @@ def analyze(arms: dict[tuple[str, str], Findings], folder: Path) -> FindingResul
         a, s = gain_by_seed(sgd), gain_by_seed(adam)
         difference = paired_interval(a, s) if a and s else None
     verdict = direction_verdict(difference)
-    ours = f"SGD's L2 gain minus Adam's: {fmt_points(difference)}"
+    why = no_interval_reason(arms.values())
+    ours = f"SGD's L2 gain minus Adam's: {fmt_points(difference, why)}"
     plot_intervals(
         [("Adam: L2 gain over lambda = 0", adam_gain), ("SGD: L2 gain over lambda = 0", sgd_gain),
          ("SGD's gain minus Adam's", difference)],
         folder / FIGURE, "test-error gain (points): > 0 means the first term helps",
-        "F2: what L2 regularization gains in Adam and in SGD (95% intervals, paired over seeds)",
+        "F2: what L2 regularization gains in Adam and in SGD (95% intervals, paired over seeds)", missing=why,
     )  # fmt: skip
     rows = []
     for opt in (adam, sgd):
         if opt is None:
             continue
         zero, best = zero_and_best(opt)
-        rows.append([opt.label, cell_text(opt, zero), cell_text(opt, best), fmt_points(gain_interval(opt))])
+        rows.append([opt.label, cell_text(opt, zero), cell_text(opt, best), fmt_points(gain_interval(opt), why)])
     details = [
         f"**F2: {verdict}.** L2's gain (test error at the best lambda = 0 cell minus at the best lambda > 0 cell, "
-        f"both picked on validation, paired over seeds): Adam {fmt_points(adam_gain)}, SGD {fmt_points(sgd_gain)}; "
-        f"SGD's minus Adam's {fmt_points(difference)}.",
+        f"both picked on validation, paired over seeds): Adam {fmt_points(adam_gain, why)}, SGD "
+        f"{fmt_points(sgd_gain, why)}; SGD's minus Adam's {fmt_points(difference, why)}.",
         "Reproduced means L2 helps Adam significantly less than it helps SGD; an interval within +-0.5 points around "
         "0 means regularization barely matters for either here, so this setting cannot show the claim.",
     ]

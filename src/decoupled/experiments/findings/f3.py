@@ -15,7 +15,7 @@ import numpy as np
 
 from ..analysis import Findings, OptimizerFindings
 from ..stats import Interval, paired_interval
-from .common import FindingResult, direction_verdict, fmt_points
+from .common import FindingResult, direction_verdict, fmt_points, no_interval_reason
 from .f2 import cell_text, gain_by_seed, gain_interval, zero_and_best
 from .plots import plot_intervals
 
@@ -52,17 +52,19 @@ def analyze(arms: dict[tuple[str, str], Findings], folder: Path) -> FindingResul
     if adam is not None and adam_best is not None:
         paper_points = PAPER_RELATIVE * float(np.mean(list(adam.cell_errors(adam_best).values())))
     verdict = direction_verdict(adam_vs_adamw, paper_points)
+    why = no_interval_reason(arms.values())
+    why_l2 = why if l2 is not None else "F2's runs are missing"  # Adam+L2 and SGD+L2 are F2's
     relative = ""
     if adam_vs_adamw is not None and paper_points is not None:
         relative = f" ({100 * adam_vs_adamw.estimate / (paper_points / PAPER_RELATIVE):+.1f}% relative)"
-    ours = f"Adam+L2 minus AdamW: {fmt_points(adam_vs_adamw)}{relative}"
+    ours = f"Adam+L2 minus AdamW: {fmt_points(adam_vs_adamw, why_l2)}{relative}"
     plot_intervals(
         [("Adam+L2 minus AdamW (best cells)", adam_vs_adamw), ("SGD+L2 minus SGDW (best cells)", sgd_vs_sgdw),
          ("AdamW: gain over lambda = 0", gain_adamw), ("SGDW: gain over lambda = 0", gain_sgdw),
          ("AdamW's gain minus SGDW's", equal)],
         folder / FIGURE, "test-error difference (points): > 0 means the decoupled variant / decay helps",
         "F3: decoupled weight decay in Adam and SGD (95% intervals, paired over seeds)",
-        paper=[paper_points, None, None, None, None],
+        paper=[paper_points, None, None, None, None], missing=[why_l2, why_l2, why, why, why],
     )  # fmt: skip
     rows = []
     for opt in (adam, adamw, sgd, sgdw):
@@ -71,11 +73,12 @@ def analyze(arms: dict[tuple[str, str], Findings], folder: Path) -> FindingResul
             rows.append([opt.label, cell_text(opt, zero), cell_text(opt, best)])
     paper_text = "n/a" if paper_points is None else f"{100 * paper_points:.2f} points"
     details = [
-        f"**F3: {verdict}.** Adam+L2 minus AdamW at their validation-picked best cells: {fmt_points(adam_vs_adamw)}"
-        f"{relative}; the paper's 15% of Adam+L2's error here would be {paper_text}. SGD+L2 minus SGDW: "
-        f"{fmt_points(sgd_vs_sgdw)} (the paper: about equal for SGD, Proposition 1).",
-        f"Decay's gain over lambda = 0: AdamW {fmt_points(gain_adamw)}, SGDW {fmt_points(gain_sgdw)}; AdamW's minus "
-        f"SGDW's {fmt_points(equal)} (equally effective: an interval around 0).",
+        f"**F3: {verdict}.** Adam+L2 minus AdamW at their validation-picked best cells: "
+        f"{fmt_points(adam_vs_adamw, why_l2)}{relative}; the paper's 15% of Adam+L2's error here would be "
+        f"{paper_text}. SGD+L2 minus SGDW: {fmt_points(sgd_vs_sgdw, why_l2)} (the paper: about equal for SGD, "
+        "Proposition 1).",
+        f"Decay's gain over lambda = 0: AdamW {fmt_points(gain_adamw, why)}, SGDW {fmt_points(gain_sgdw, why)}; "
+        f"AdamW's minus SGDW's {fmt_points(equal, why)} (equally effective: an interval around 0).",
         "Where decay barely helps (a gain within the noise), no comparison of decay methods can show a difference: "
         "read the gains first. The CIFAR-10 preset (`decoupled sweep --preset paper`) is where a GPU tests the "
         "paper's 15%.",

@@ -18,7 +18,7 @@ import numpy as np
 from ..analysis import Findings, OptimizerFindings
 from ..stats import Interval, paired_interval
 from ..tasks import warm_restart_periods
-from .common import FindingResult, combine, direction_verdict, fmt_points
+from .common import FindingResult, combine, direction_verdict, fmt_points, no_interval_reason
 
 TITLE = "Adam benefits from a scheduled learning-rate multiplier"
 CLAIM = "Cosine annealing beats fixed and step-drop schedules for Adam, and warm restarts improve anytime performance."
@@ -82,9 +82,10 @@ def analyze(arms: dict[tuple[str, str], Findings], folder: Path) -> FindingResul
     verdict = combine(verdicts)
     from .plots import plot_schedules
 
-    plot_schedules(comparisons, curves, ends, folder / FIGURE)
-    ours = "; ".join(f"{label} {fmt_points(interval)}" for label, interval in comparisons)
-    rows = [[label, fmt_points(interval), direction_verdict(interval)] for label, interval in comparisons]
+    why = no_interval_reason(arms.values())
+    plot_schedules(comparisons, curves, ends, folder / FIGURE, missing=why)
+    ours = "; ".join(f"{label} {fmt_points(interval, why)}" for label, interval in comparisons)
+    rows = [[label, fmt_points(interval, why), direction_verdict(interval)] for label, interval in comparisons]
     details = [
         f"**F5: {verdict}.** Each difference is test error (points) at the validation-picked best cells, paired "
         "over seeds; > 0 is the paper's direction (the schedule, or warm restarts, helps).",

@@ -14,13 +14,22 @@ from ..stats import Interval
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
 
-def _forest(ax, items: Sequence[tuple[str, Interval | None]], xlabel: str, paper: Sequence[float | None] = ()) -> None:
-    """One row per interval (points), a line at 0, the paper's value as a red diamond where given."""
+def _forest(
+    ax,
+    items: Sequence[tuple[str, Interval | None]],
+    xlabel: str,
+    paper: Sequence[float | None] = (),
+    missing: str | Sequence[str] = "",
+) -> None:
+    """One row per interval (points), a line at 0, the paper's value as a red diamond where given; a row without
+    an interval reads "n/a (``missing``)", ``missing`` one reason for all rows or one per row."""
     paper = list(paper) + [None] * (len(items) - len(paper))
-    for row, ((_label, interval), value) in enumerate(zip(items, paper)):
+    reasons = [missing] * len(items) if isinstance(missing, str) else list(missing)
+    for row, ((_label, interval), value, reason) in enumerate(zip(items, paper, reasons)):
         y = len(items) - 1 - row
         if interval is None:
-            ax.text(0, y, "n/a (fewer than 2 seeds)", va="center", ha="center", fontsize=8, color="#666666")
+            ax.text(0, y, f"n/a ({reason})" if reason else "n/a", va="center", ha="center", fontsize=8,
+                    color="#666666")  # fmt: skip
         else:
             low, high = max(interval.low, -1e3), min(interval.high, 1e3)
             ax.plot([100 * low, 100 * high], [y, y], color="black", linewidth=2)
@@ -42,11 +51,13 @@ def plot_intervals(
     xlabel: str,
     title: str,
     paper: Sequence[float | None] = (),
+    missing: str | Sequence[str] = "",
 ) -> Path:
-    """A forest plot of error differences in points: estimate and 95% interval per row, 0 dashed."""
+    """A forest plot of error differences in points: estimate and 95% interval per row, 0 dashed; ``missing``:
+    why a row has no interval (one reason, or one per row)."""
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(8, 0.6 * len(items) + 1.6))
-    _forest(ax, items, xlabel, paper)
+    _forest(ax, items, xlabel, paper, missing)
     ax.set_title(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -92,7 +103,11 @@ def plot_budgets(budgets: dict[tuple[str, str], Any], optimizers: Sequence[str],
 
 
 def plot_schedules(
-    comparisons: Sequence[tuple[str, Interval | None]], curves: dict[str, Any], ends: Sequence[float], path: Path
+    comparisons: Sequence[tuple[str, Interval | None]],
+    curves: dict[str, Any],
+    ends: Sequence[float],
+    path: Path,
+    missing: str = "",
 ) -> Path:
     """F5: the schedule differences as intervals (left); test (solid) and validation (dashed) error against
     epoch for each cosine / warm-restart pair (right), restarts marked with vertical lines."""
@@ -101,7 +116,7 @@ def plot_schedules(
 
     panels = max(len(curves), 1)
     figure, axes = plt.subplots(1, 1 + panels, figsize=(6 + 5 * panels, 4.4), squeeze=False)
-    _forest(axes[0][0], comparisons, "test-error difference (points); > 0: the paper's direction")
+    _forest(axes[0][0], comparisons, "test-error difference (points); > 0: the paper's direction", missing=missing)
     axes[0][0].set_title("F5: schedules (95% intervals, paired over seeds)", fontsize=10)
     for ax, (_name, (cos, wr)) in zip(axes[0][1:], curves.items()):
         epochs = 1
