@@ -6,6 +6,10 @@ fused=True) for the SGD family), % of the in-place memory-bandwidth limit, and t
 
 Method (see docs/benchmark.md):
 
+* bf16/fp16 parameters are stepped as ``precision`` says (decoupled.precision): our rows without a precision in
+  their name are the default "exact" (float32 moments and a remainder: 26 B per bf16 Adam parameter, 18 B for
+  SGD with momentum), "stochastic" moves 22 / 14 B, "nearest" (torch's way) 14 / 10 B. ``--bytes`` prints the
+  bytes per parameter each precision keeps, measured from the live tensors.
 * Every number comes from real ``optimizer.step()`` calls on parameters whose ``.grad`` is set, after warm-up
   steps (the first step allocates the state; it is timed separately as "first ms"), so Python overhead counts.
 * Each implementation is timed in rounds interleaved with its family's baseline, on the same parameters and in
@@ -90,6 +94,23 @@ class Impl:
     baseline: bool = False
     wrap: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     skip: str = ""  # why it cannot run here ("" when it can)
+    # How bf16/fp16 parameters are stepped (decoupled.precision): "exact"/"stochastic" run the float32 step with
+    # float32 moments ("exact" keeps a remainder too); "nearest" steps in the parameters' dtype, as torch does.
+    precision: str = "nearest"
+    decay_only: bool = False  # decouple(): only its decay runs on the master; the inner state keeps its dtype
+    dtypes: tuple[str, ...] = ()  # the dtypes it is timed in (empty: all)
+
+    def bytes_per_element(self, dtype_name: str) -> tuple[int, int]:
+        """(bytes a step must move, bytes of state) per parameter element in ``dtype_name``."""
+        size = DTYPES[dtype_name].itemsize
+        moved, state = self.tensors * size, self.state_tensors * size
+        if size != 2 or self.precision == "nearest":
+            return moved, state
+        remainder = {"exact": 2 if dtype_name == "bf16" else 4, "stochastic": 0}[self.precision]
+        if self.decay_only:  # the decay pass reads and writes the parameter and its remainder
+            return moved + 2 * (size + remainder), state + remainder
+        # param read and written, grad read, each float32 moment read and written, the remainder read and written
+        return 3 * size + 8 * self.state_tensors + 2 * remainder, 4 * self.state_tensors + remainder
 
 
 def _paths(family: str, device: str) -> list[tuple[str, dict[str, Any], Callable[[], Any], str]]:
@@ -170,13 +191,24 @@ def implementations(device: str) -> list[Impl]:
                 options = dict(kwargs, weight_decay=wd, decay=decay, **path_kwargs, **({"cautious": True} if cautious else {}))
                 impls.append(Impl(
                     f"{cls.__name__}[{decay}{',cautious' if cautious else ''}] {label}", family,
-                    lambda p, c=cls, k=options: c(p, **k), tensors, state, wrap=wrap, skip=skip,
+                    lambda p, c=cls, k=options: c(p, **k), tensors, state, wrap=wrap, skip=skip, precision="exact",
+                ))  # fmt: skip
+        # The other precisions of bf16 parameters (the rows above are "exact", the default), on the default path
+        # and on the explicit ones, which compute the same bits.
+        for precision in ("stochastic", "nearest"):
+            for label, path_kwargs, wrap, skip in _paths(family, device):
+                if label in ("fused-torch",) and precision != "nearest":
+                    continue  # no torch kernel takes a float32 master
+                options = dict(kwargs, weight_decay=OUR_WD[family]["decoupled"], precision=precision, **path_kwargs)
+                impls.append(Impl(
+                    f"{cls.__name__}[decoupled,{precision}] {label}", family, lambda p, c=cls, k=options: c(p, **k),
+                    tensors, state, wrap=wrap, skip=skip, precision=precision, dtypes=("bf16",),
                 ))  # fmt: skip
     AdamD, RMSpropD = decoupled.decouple(Adam), decoupled.decouple(RMSprop)
     impls += [
-        Impl("decouple(Adam) default", "adam", lambda p: AdamD(p, lr=ADAM_LR, weight_decay=ADAM_WD_TORCH * ADAM_LR), 7, 2),
-        Impl("decouple(Adam) fused", "adam", lambda p: AdamD(p, lr=ADAM_LR, weight_decay=ADAM_WD_TORCH * ADAM_LR, fused=True), 7, 2),
-        Impl("decouple(RMSprop) foreach", "adam", lambda p: RMSpropD(p, lr=1e-2, weight_decay=1e-4, foreach=True), 5, 1),
+        Impl("decouple(Adam) default", "adam", lambda p: AdamD(p, lr=ADAM_LR, weight_decay=ADAM_WD_TORCH * ADAM_LR), 7, 2, precision="exact", decay_only=True),
+        Impl("decouple(Adam) fused", "adam", lambda p: AdamD(p, lr=ADAM_LR, weight_decay=ADAM_WD_TORCH * ADAM_LR, fused=True), 7, 2, precision="exact", decay_only=True),
+        Impl("decouple(RMSprop) foreach", "adam", lambda p: RMSpropD(p, lr=1e-2, weight_decay=1e-4, foreach=True), 5, 1, precision="exact", decay_only=True),
     ]  # fmt: skip
     return impls + _peer_impls()
 
@@ -355,7 +387,7 @@ def memory_probe(impl_name: str, total: int, count: int, dtype_name: str, thread
     impl = next(i for i in implementations(device) if i.name == impl_name)
     params = make_problem(total, count, DTYPES[dtype_name], device)
     param_bytes = sum(p.numel() * p.element_size() for p in params)
-    state_bytes = impl.state_tensors * param_bytes
+    state_bytes = impl.bytes_per_element(dtype_name)[1] * sum(p.numel() for p in params)
     pgs = 2 * param_bytes + state_bytes
     with impl.wrap():  # a tiny run first: libraries, modules and thread pools a first step loads are not the step's
         tiny = [torch.zeros(3, device=device, dtype=DTYPES[dtype_name], requires_grad=True)]
@@ -390,6 +422,51 @@ def measure_memory(impl: Impl, total: int, count: int, dtype_name: str, threads:
     if done.returncode != 0:
         raise RuntimeError(f"memory probe of {impl.name} failed: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bytes per parameter, from the live tensors
+
+
+def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(v.nbytes for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor))
+
+
+def bytes_table(elements: int = 1 << 20, device: str = "cpu") -> str:
+    """Weights, gradient and optimizer state per parameter, measured after one step on ``elements`` parameters
+    (in 4 tensors), for bf16/fp16 parameters under each precision beside float32 and torch's optimizers."""
+
+    def measure(dtype: torch.dtype, build: Callable[[list[torch.Tensor]], torch.optim.Optimizer], master: bool = False):
+        params = [torch.zeros(elements // 4, dtype=dtype, device=device, requires_grad=True) for _ in range(4)]
+        masters = [p.detach().float().requires_grad_() for p in params] if master else params
+        for p in (*params, *masters):
+            p.grad = torch.zeros_like(p)
+        optimizer = build(masters)
+        optimizer.step()
+        weights = sum(p.nbytes for p in params) + (sum(p.nbytes for p in masters) if master else 0)
+        grads = sum(p.grad.nbytes for p in params) + (sum(p.grad.nbytes for p in masters) if master else 0)
+        return [value / elements for value in (weights, grads, _state_bytes(optimizer))]
+
+    from torch.optim import AdamW as TorchAdamW
+
+    rows = [
+        ("torch.optim.AdamW, float32", torch.float32, lambda p: TorchAdamW(p, fused=True), False),
+        ("torch mixed precision: bf16 copy + float32 master, grads and AdamW", torch.bfloat16,
+         lambda p: TorchAdamW(p, fused=True), True),
+        ("torch.optim.AdamW, bf16 (loses a small decay)", torch.bfloat16, lambda p: TorchAdamW(p, fused=True), False),
+    ]  # fmt: skip
+    for cls, kwargs in ((decoupled.AdamW, {}), (decoupled.SGDW, {"lr": SGD_LR})):
+        for precision in decoupled.PRECISIONS:
+            rows.append((f"decoupled.{cls.__name__}, bf16, precision={precision!r}", torch.bfloat16,
+                         lambda p, c=cls, k=kwargs, q=precision: c(p, precision=q, **k), False))  # fmt: skip
+    rows.append(("decoupled.AdamW, fp16, precision='exact'", torch.float16, lambda p: decoupled.AdamW(p), False))
+    AdamD = decoupled.decouple(torch.optim.Adam)
+    rows.append(("decouple(torch.optim.Adam), bf16, precision='exact'", torch.bfloat16, lambda p: AdamD(p, weight_decay=1e-5), False))
+    lines = ["| optimizer | weights | gradient | state | bytes per parameter |", "|---|---|---|---|---|"]
+    for name, dtype, build, master in rows:
+        weights, grads, state = measure(dtype, build, master)
+        lines.append(f"| {name} | {weights:g} | {grads:g} | {state:.3g} | {weights + grads + state:.3g} |")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -486,8 +563,14 @@ def main(argv: list[str] | None = None) -> int:
                         "timing); rows of later files replace those of earlier ones")
     parser.add_argument("--update-memory", action="store_true", help="with --from-json: re-probe the memory of the "
                         "rows --memory-only selects and write the first file back")
+    parser.add_argument("--bytes", action="store_true", help="print the bytes per parameter of each precision "
+                        "(weights, gradient, state, measured from the live tensors) and exit")
     parser.add_argument("--_memory-probe", dest="memory_probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.bytes:
+        print(bytes_table(device=args.device))
+        return 0
 
     if args.from_json:
         rows: dict[tuple[str, str, str, str], Result] = {}
@@ -541,16 +624,18 @@ def main(argv: list[str] | None = None) -> int:
                 label = size_label(total, count)
                 log(f"  size {label}, {thread_label} thread(s), {dtype_name}")
                 params = make_problem(total, count, DTYPES[dtype_name], device)
-                runnable = [i for i in selected if not i.skip]
+                runnable = [i for i in selected if not i.skip and (not i.dtypes or dtype_name in i.dtypes)]
                 timings = time_config(runnable, params, bandwidth, device=device, warmup=args.warmup,
                                       rounds=args.rounds, steps=args.steps, log=log)  # fmt: skip
                 del params
                 gc.collect()
                 for impl in selected:
+                    if impl.dtypes and dtype_name not in impl.dtypes:
+                        continue
                     result = Result(impl.name, impl.family, label, thread_label, dtype_name, total, count, note=impl.skip)
                     if not impl.skip:
                         result.ms, result.first_ms, result.ratio = timings[impl.name]
-                        moved = impl.tensors * DTYPES[dtype_name].itemsize * total
+                        moved = impl.bytes_per_element(dtype_name)[0] * total
                         result.bw_pct = 100 * moved / (result.ms * 1e-3) / 1e9 / bandwidth.gbps
                     results.append(result)
         bandwidths[thread_label] = bandwidth.gbps
@@ -561,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
                      fp32_only=args.smoke)  # fmt: skip
     results.sort(key=lambda r: (r.family, r.size, r.dtype, r.threads))
     table = f"{goal_table(results)}\n\n{markdown_table(results, bandwidths)}"
+    if args.smoke:  # that the bytes table runs too
+        table += f"\n\n{bytes_table(elements=4096, device=device)}"
     print(f"Machine: {machine_description(device)}\n")
     print(table)
     if args.markdown:

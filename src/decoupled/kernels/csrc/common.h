@@ -115,17 +115,20 @@ static inline uint16_t f16_stochastic(uint32_t u, uint32_t random) {
 }
 
 #ifdef __FLT16_MAX__
+/* float16 bit patterns and floats; a union (not memcpy) so that the loops around them vectorize. */
+typedef union {
+    uint16_t bits;
+    _Float16 value;
+} f16_bits;
+
 static inline float f16_bits_to_f32(uint16_t bits) {
-    _Float16 h;
-    memcpy(&h, &bits, sizeof h);
-    return (float)h;
+    const f16_bits h = {.bits = bits};
+    return (float)h.value;
 }
 
 static inline uint16_t f32_to_f16_bits(float f) {
-    const _Float16 h = (_Float16)f; /* round to nearest, ties to even */
-    uint16_t bits;
-    memcpy(&bits, &h, sizeof bits);
-    return bits;
+    const f16_bits h = {.value = (_Float16)f}; /* round to nearest, ties to even */
+    return h.bits;
 }
 #endif
 
