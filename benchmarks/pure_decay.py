@@ -15,8 +15,9 @@ Deterministic: the numbers do not depend on the machine (stochastic rounding is 
 64 of fixed random data) at lr 1e-3 and 1e-4: the distance of its final weights to the float32 run's, as a share
 of how far the float32 run moved (|theta_T - theta_T^fp32| / |theta_T^fp32 - theta_0|), for bf16 parameters under
 each precision and for the usual mixed-precision recipe (float32 masters, the forward in bf16). Every run starts
-from the same float32 weights: "exact" holds them exactly (load_master_state_dict), the others their bf16 rounding. These depend on
-the machine's float32 matmul (its summation order), so they are quoted with the CPU they were measured on.
+from the same float32 weights: "exact" holds them exactly (load_master_state_dict), the others their bf16
+rounding. These depend on the machine's float32 matmul (its summation order), so they are quoted with the CPU
+they were measured on.
 """
 
 from __future__ import annotations
