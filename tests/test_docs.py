@@ -13,6 +13,7 @@ LIBRARY_MODULES = [
     "decoupled.schedules",
     "decoupled.groups",
     "decoupled.kernels",
+    "decoupled.precision",
 ]
 
 
