@@ -87,6 +87,7 @@ def _print_report_paths(paths: ReportPaths) -> None:
 
 def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     from .experiments.backends import BACKENDS  # a new backend (issue 5: ray) becomes a choice by joining BACKENDS
+    from .precision import PRECISIONS
 
     what = parser.add_argument_group("what to run (a preset, then --config, then these flags; later wins)")
     what.add_argument(
@@ -100,6 +101,15 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--optimizers", metavar="LIST",
         help="comma-separated subset of adam,adamw,sgd,sgdw (default: the four) and adamw-cautious,sgdw-cautious,adamc",
+    )  # fmt: skip
+    what.add_argument(
+        "--dtype", metavar="NAME",
+        help="the parameters' dtype during training: float32 (default) or bfloat16 (train.dtype)",
+    )  # fmt: skip
+    what.add_argument(
+        "--precision", metavar="LIST",
+        help="with --dtype bfloat16: comma-separated arms of how the optimizer writes the parameters, of "
+        f"{','.join(PRECISIONS)} (default: exact; refused with float32, where all step alike)",
     )  # fmt: skip
     what.add_argument("--seeds", type=int, metavar="N", help="runs per cell (seeds 0..N-1)")
     what.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
@@ -166,6 +176,8 @@ def _overrides(args: argparse.Namespace) -> dict:
     flags = {
         ("seeds",): args.seeds,
         ("optimizers",): args.optimizers,  # a comma-separated string, which the config splits
+        ("precision",): args.precision,  # likewise
+        ("train", "dtype"): args.dtype,
         ("train", "epochs"): args.epochs,
         ("train", "batch_size"): args.batch_size,
         ("data", "dataset"): args.dataset,
