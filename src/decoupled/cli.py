@@ -79,7 +79,8 @@ def _filesystem_message(error: OSError | sqlite3.Error) -> str:
 
 def _print_report_paths(paths: ReportPaths) -> None:
     """What ``sweep`` and ``report`` print after rendering a report."""
-    print(f"report: {paths.markdown} and {paths.html}; figures: {paths.heatmaps}, {paths.curves}; rows: {paths.csv}")
+    figures = ", ".join(map(str, paths.figures))
+    print(f"report: {paths.markdown} and {paths.html}; figures: {figures}; rows: {paths.csv}")
 
 
 # ---------------------------------------------------------------------------------------------------- sweep
