@@ -102,9 +102,10 @@ def test_float32_runs_keep_the_keys_and_the_stored_configs_they_had():
         assert default.run_config(optimizer, lr, weight_decay).key() == key
     config = load_sweep_config("smoke", overrides={"optimizers": ["adamw", "sgd"]})
     assert plan_tasks(config)[0].config.key() == MAIN_SMOKE_FIRST_KEY
-    stored = json.loads(json.dumps(config.to_dict()))  # as the store holds it
-    assert stored["train"].pop("dtype") == "float32" and stored == MAIN_SMOKE_SWEEP
-    assert "precision" not in plan_tasks(config)[0].config.to_dict()
+    assert json.loads(json.dumps(config.to_dict())) == MAIN_SMOKE_SWEEP  # stored as before: earlier versions read it
+    run = plan_tasks(config)[0].config.to_dict()
+    assert "precision" not in run and "dtype" not in run["train"]
+    assert plan_tasks(_low("exact"))[0].config.to_dict()["train"]["dtype"] == "bfloat16"
 
 
 def test_each_precision_is_an_arm_with_keys_of_its_own():
@@ -126,7 +127,7 @@ def test_each_precision_is_an_arm_with_keys_of_its_own():
 
 def test_a_store_written_before_precisions_reads_and_resumes_with_nothing_to_redo(tmp_path):
     """A store as main wrote it (no train.dtype, no precision in any stored config) reads, reports, and the same
-    sweep finds every run done; a low-precision sweep into it adds its arms beside them."""
+    sweep finds every run done."""
     from decoupled.experiments.sweep import _stored_keys
 
     config = SweepConfig.from_dict(MAIN_SMOKE_SWEEP)
@@ -135,11 +136,9 @@ def test_a_store_written_before_precisions_reads_and_resumes_with_nothing_to_red
     db = sqlite3.connect(tmp_path / "results.sqlite")
     with db:
         db.execute("UPDATE sweeps SET config = ?", (json.dumps(MAIN_SMOKE_SWEEP),))
-        for row_id, text in db.execute("SELECT id, config FROM runs").fetchall():
-            raw = json.loads(text)
-            del raw["train"]["dtype"]
-            db.execute("UPDATE runs SET config = ? WHERE id = ?", (json.dumps(raw, sort_keys=True), row_id))
+        stored = [json.loads(text) for (text,) in db.execute("SELECT config FROM runs")]
     db.close()
+    assert stored and all("dtype" not in raw["train"] and "precision" not in raw for raw in stored)
     with Store.open(tmp_path, create=False) as store:
         assert store.latest_sweep() == config and len(store.runs()) == runs
     assert {t.key for t in plan_tasks(config)} == _stored_keys(tmp_path)

@@ -204,8 +204,8 @@ class RunConfig:
         the runs of a store written before them still count as done."""
         raw = self.to_dict()
         for table, name in _KEYS_ADDED_LATER:
-            if raw[table][name] == getattr(_DEFAULTS[table], name):
-                del raw[table][name]
+            if raw[table].get(name, getattr(_DEFAULTS[table], name)) == getattr(_DEFAULTS[table], name):
+                raw[table].pop(name, None)
         text = json.dumps(raw, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -296,9 +296,10 @@ class SweepConfig:
 
 
 def _without_defaults(tree: dict[str, Any]) -> dict[str, Any]:
-    """A built-in task's config has no ``task`` key, and a float32 one no ``precision`` (``precisions``), so that
-    its hash (the store's key) is what it was before tasks and precisions existed; a user task's has no ``model``
-    (the task brings its own; its name stands for it)."""
+    """A built-in task's config has no ``task`` key, so that its hash (the store's key) is what it was before
+    tasks existed; a user task's has no ``model`` (the task brings its own; its name stands for it). A float32
+    one has no ``train.dtype`` and no ``precision`` (``precisions``): it is stored as before they existed, so
+    that a store of float32 runs reads the same in earlier versions too."""
     if tree.get("task") is None:
         tree.pop("task", None)
     else:
@@ -306,6 +307,8 @@ def _without_defaults(tree: dict[str, Any]) -> dict[str, Any]:
     for key in ("precision", "precisions"):
         if key in tree and not tree[key]:
             del tree[key]
+    if tree.get("train", {}).get("dtype") == TrainConfig.dtype:
+        del tree["train"]["dtype"]
     return tree
 
 
