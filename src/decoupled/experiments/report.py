@@ -578,6 +578,11 @@ def _precision_method_lines() -> list[str]:
     ]
 
 
+def _precision_columns(arms: Sequence[Findings], reference: Findings | None) -> list[Column]:
+    """A low-precision folder's columns: its float32 runs (when it holds some), then each precision arm."""
+    return ([("float32", reference)] if reference is not None else []) + [(f.config.arm_label, f) for f in arms]
+
+
 def build_precision_document(
     arms: Sequence[Findings], reference: Findings | None, out: Path, parameters: int | None, other_runs: int,
     failures: list[Block] | None = None,
@@ -585,7 +590,7 @@ def build_precision_document(
     """The report of a low-precision sweep: the precision section (against float32 when ``reference`` has runs),
     then each precision arm's findings, tables and figures (files of :func:`arm_files`)."""
     config = replace(arms[0].config, precisions=tuple(p for f in arms for p in f.config.precisions))
-    columns = ([("float32", reference)] if reference is not None else []) + [(f.config.arm_label, f) for f in arms]
+    columns = _precision_columns(arms, reference)
     title = f"{config.train.dtype} against float32" if reference is not None else "Precision arms"
     blocks = [*_heading(config, out), ("h2", title), *precision_blocks(columns, PRECISION_HEATMAP_FILENAME)]
     for findings in arms:
@@ -712,10 +717,9 @@ def _render_precision_report(
     config: SweepConfig, rows: list[dict], failures: list[dict], folder: Path, parameters: int | None, unit: str
 ) -> ReportPaths:
     arms = [analyze(arm, rows) for arm in config.by_precision()]
-    reference: Findings | None = analyze(config.float32_reference(), rows)
-    if reference is not None and reference.runs_used == 0:
-        reference = None
-    columns = ([("float32", reference)] if reference is not None else []) + [(f.config.arm_label, f) for f in arms]
+    float32 = analyze(config.float32_reference(), rows)
+    reference = float32 if float32.runs_used else None
+    columns = _precision_columns(arms, reference)
     figures = [plot_precision_heatmaps(columns, folder / PRECISION_HEATMAP_FILENAME, weight_decay_unit=unit)]
     for findings in arms:
         heatmaps, curves = arm_files(findings.config)
