@@ -309,6 +309,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         check_folder_kind(out, "sweep")  # not into a finding's or a reproduction's folder
         options = _execution(args, out, prog)
         on = f"task {task.name!r}" if task is not None else config.data.dataset
+        on += f" ({config.arm_label} arms)" if config.precisions else ""
         print(f"decoupled sweep '{config.name}': {config.cells} cells x {config.seeds} seeds on {on}, "
               f"device {options.device}; output folder: {out}", flush=True)  # fmt: skip
         summary = run_sweep(config, options, make_progress(sys.stdout), task=task)
