@@ -79,7 +79,8 @@ def _filesystem_message(error: OSError | sqlite3.Error) -> str:
 
 def _print_report_paths(paths: ReportPaths) -> None:
     """What ``sweep`` and ``report`` print after rendering a report."""
-    print(f"report: {paths.markdown} and {paths.html}; figures: {paths.heatmaps}, {paths.curves}; rows: {paths.csv}")
+    figures = ", ".join(map(str, paths.figures))
+    print(f"report: {paths.markdown} and {paths.html}; figures: {figures}; rows: {paths.csv}")
 
 
 # ---------------------------------------------------------------------------------------------------- sweep
@@ -87,6 +88,7 @@ def _print_report_paths(paths: ReportPaths) -> None:
 
 def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     from .experiments.backends import BACKENDS  # a new backend (issue 5: ray) becomes a choice by joining BACKENDS
+    from .precision import PRECISIONS
 
     what = parser.add_argument_group("what to run (a preset, then --config, then these flags; later wins)")
     what.add_argument(
@@ -100,6 +102,15 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--optimizers", metavar="LIST",
         help="comma-separated subset of adam,adamw,sgd,sgdw (default: the four) and adamw-cautious,sgdw-cautious,adamc",
+    )  # fmt: skip
+    what.add_argument(
+        "--dtype", metavar="NAME",
+        help="the parameters' dtype during training: float32 (default) or bfloat16 (train.dtype)",
+    )  # fmt: skip
+    what.add_argument(
+        "--precision", metavar="LIST",
+        help="with --dtype bfloat16: comma-separated arms of how the optimizer writes the parameters, of "
+        f"{','.join(PRECISIONS)} (default: exact; refused with float32, where all step alike)",
     )  # fmt: skip
     what.add_argument("--seeds", type=int, metavar="N", help="runs per cell (seeds 0..N-1)")
     what.add_argument("--epochs", type=int, metavar="N", help="epochs per run")
@@ -166,6 +177,8 @@ def _overrides(args: argparse.Namespace) -> dict:
     flags = {
         ("seeds",): args.seeds,
         ("optimizers",): args.optimizers,  # a comma-separated string, which the config splits
+        ("precision",): args.precision,  # likewise
+        ("train", "dtype"): args.dtype,
         ("train", "epochs"): args.epochs,
         ("train", "batch_size"): args.batch_size,
         ("data", "dataset"): args.dataset,
@@ -296,6 +309,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         check_folder_kind(out, "sweep")  # not into a finding's or a reproduction's folder
         options = _execution(args, out, prog)
         on = f"task {task.name!r}" if task is not None else config.data.dataset
+        on += f" ({config.arm_label} arms)" if config.precisions else ""
         print(f"decoupled sweep '{config.name}': {config.cells} cells x {config.seeds} seeds on {on}, "
               f"device {options.device}; output folder: {out}", flush=True)  # fmt: skip
         summary = run_sweep(config, options, make_progress(sys.stdout), task=task)

@@ -84,9 +84,9 @@ def test_merge_is_deep():
 
 
 BAD_INPUTS = [
-    ({"bogus": 1}, "unknown config key bogus; known keys here: name, seeds, optimizers, data, model, train, grid"),
+    ({"bogus": 1}, "unknown config key bogus; known keys here: name, seeds, optimizers, precision, data, model, train, grid"),
     ({"train": {"epoch": 3}}, "unknown config key train.epoch; known keys here: epochs, batch_size, schedule, "
-                              "momentum, beta1, beta2, eps, decay_scope, eval_batch_size, curves"),
+                              "momentum, beta1, beta2, eps, decay_scope, eval_batch_size, curves, dtype"),
     ({"grid": {"adamw": {"lr_log2": [-6, -9]}}}, "empty grid: grid.adamw.lr_log2 = [-6, -9] gives no learning rate"),
     ({"optimizers": []}, "empty grid: optimizers = [] selects no optimizer"),
     ({"grid": {"sgd": {"lr": [0.1, -0.1]}}}, "grid.sgd.lr: learning rate must be > 0, got -0.1"),

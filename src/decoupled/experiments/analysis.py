@@ -18,7 +18,11 @@ Conventions (stated in the report too):
   basin's upper edge (where the row's mean test error climbs to twice the row's lowest, a diverged seed counting
   as 100%), and the slope d log2(lambda_edge) / d log2(alpha) of those edges, with a 95% bootstrap interval;
 * ``basin_quadratic`` (:func:`stats.basin_slope`), shown beside it and deciding nothing: the valley of a
-  quadratic fitted to log10(test error) over the cells that trained well.
+  quadratic fitted to log10(test error) over the cells that trained well;
+* what the weight decay buys (:func:`decay_effect`, for comparing precisions): in the learning-rate row of the
+  best cell, the mean test error at the grid's smallest weight decay (lambda = 0 when the grid has it) minus the
+  best cell's; it matters when that exceeds 2x its noise (the larger of the standard error of the seeds' paired
+  differences and sqrt(2) x the test-set noise, as for :class:`Comparison`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ import numpy as np
 from .config import OPTIMIZERS, OptimizerGrid, SweepConfig
 from .stats import SlopeFit, basin_slope, edge_slope
 
-__all__ = ["Comparison", "Findings", "OptimizerFindings", "analyze", "run_error"]
+__all__ = [
+    "Comparison", "DecayEffect", "Findings", "OptimizerFindings", "analyze", "compare_best", "decay_effect",
+    "run_error",
+]  # fmt: skip
 
 BASIN_POINTS = 1.0  # percentage points: "within 1 point of the best"
 TRAINED_WITHIN = 2.0  # a row counts for the slope if its best validation error is <= 2x the optimizer's best
@@ -297,7 +304,8 @@ def _slope(findings: OptimizerFindings) -> None:
         findings.slope = float(np.polyfit(x, y, 1)[0])
 
 
-def _comparison(base: OptimizerFindings, variant: OptimizerFindings, test_size: int) -> Comparison:
+def compare_best(base: OptimizerFindings, variant: OptimizerFindings, test_size: int) -> Comparison:
+    """``base`` against ``variant`` at their validation-picked best cells (both must have one)."""
     a, b = base.best_test_mean, variant.best_test_mean
     difference = a - b
     relative = difference / a if a > 0 else math.nan
@@ -313,18 +321,61 @@ def _comparison(base: OptimizerFindings, variant: OptimizerFindings, test_size: 
     return Comparison(base, variant, difference, relative, standard_error, test_set_noise)
 
 
+@dataclass(frozen=True)
+class DecayEffect:
+    """What the weight decay buys one optimizer at the learning rate of its best cell (errors as fractions)."""
+
+    lr: float
+    best_weight_decay: float
+    smallest_weight_decay: float  # the grid's smallest (0 when the grid has it)
+    best_error: float  # mean test error of the best cell
+    smallest_error: float  # mean test error at the smallest weight decay, same learning rate
+    noise: float  # of the difference (module docstring); nan when unknown
+
+    @property
+    def gain(self) -> float:
+        """Test error at the smallest weight decay minus at the best one: > 0 when the decay helps."""
+        return self.smallest_error - self.best_error
+
+    @property
+    def matters(self) -> bool:
+        """Whether the gain exceeds NOISE_MULTIPLE x its noise (never with an unknown noise)."""
+        return not math.isnan(self.noise) and self.gain > NOISE_MULTIPLE * self.noise
+
+
+def decay_effect(opt: OptimizerFindings, test_size: int) -> DecayEffect | None:
+    """:class:`DecayEffect` of ``opt``; None without a best cell or without runs at the smallest weight decay."""
+    if opt.best is None or opt.runs[opt.best[0], 0] == 0:
+        return None
+    row, best = opt.best
+    tests = opt.test_by_seed[:, row, :]
+    paired = tests[:, 0] - tests[:, best]
+    paired = paired[~np.isnan(paired)]
+    seed_error = float(np.std(paired, ddof=1) / math.sqrt(len(paired))) if len(paired) > 1 else math.nan
+    best_error, smallest_error = float(opt.test_mean[row, best]), float(opt.test_mean[row, 0])
+    p = (best_error + smallest_error) / 2
+    test_noise = math.sqrt(2 * max(p * (1 - p), 0.0) / test_size) if test_size > 0 else math.nan
+    candidates = [v for v in (seed_error, test_noise) if not math.isnan(v)]
+    return DecayEffect(
+        opt.grid.lrs[row], opt.grid.weight_decays[best], opt.grid.weight_decays[0], best_error, smallest_error,
+        max(candidates) if candidates else math.nan,
+    )  # fmt: skip
+
+
 def _errors_are_fractions(row: dict[str, Any]) -> bool:
     """Whether a stored run's final errors lie in [0, 1] (a diverged run's count as 1.0)."""
     return bool(row["diverged"]) or all(0 <= row[f"final_{split}_error"] <= 1 for split in ("val", "test"))
 
 
 def analyze(config: SweepConfig, rows: list[dict[str, Any]]) -> Findings:
-    """Summarize the stored ``rows`` that belong to ``config``'s grid (other rows are counted, not used)."""
+    """Summarize the stored ``rows`` that belong to ``config``'s grid (other rows are counted, not used). A sweep
+    of several precision arms is analyzed one arm at a time (``config.by_precision()``)."""
+    precision = config.precision
     index: dict[str, tuple[str, int, int]] = {}
     for grid in config.grids:
         for i, lr in enumerate(grid.lrs):
             for j, weight_decay in enumerate(grid.weight_decays):
-                index[config.run_config(grid.optimizer, lr, weight_decay).key()] = (grid.optimizer, i, j)
+                index[config.run_config(grid.optimizer, lr, weight_decay, precision).key()] = (grid.optimizer, i, j)
     cells: dict[str, dict[tuple[int, int], list[dict]]] = {grid.optimizer: {} for grid in config.grids}
     used, other = [], 0
     for row in rows:
@@ -337,12 +388,12 @@ def analyze(config: SweepConfig, rows: list[dict[str, Any]]) -> Findings:
     optimizers = [_optimizer_findings(grid, cells[grid.optimizer], config.seeds) for grid in config.grids]
     by_name = {f.name: f for f in optimizers}
     comparisons = [
-        _comparison(by_name[base], by_name[variant], config.data.test_size)
+        compare_best(by_name[base], by_name[variant], config.data.test_size)
         for base, variant in (("adam", "adamw"), ("sgd", "sgdw"))
         if base in by_name and variant in by_name and by_name[base].best and by_name[variant].best
     ]
     variant_comparisons = [
-        _comparison(by_name["adamw"], by_name[variant], config.data.test_size)
+        compare_best(by_name["adamw"], by_name[variant], config.data.test_size)
         for variant in VARIANTS_OF_ADAMW
         if "adamw" in by_name and variant in by_name and by_name["adamw"].best and by_name[variant].best
     ]

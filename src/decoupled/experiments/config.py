@@ -17,6 +17,12 @@ multiplies it by eta_t); ``weight_decay`` is lambda in the convention of the opt
 The three later variants are not in the default list (the paper's four are); select them with ``optimizers``
 (``--optimizers``). Without a ``grid.<name>`` table of their own they use the grid of the optimizer whose units
 they share (``adamw`` or ``sgdw``).
+
+Low precision: ``train.dtype = "bfloat16"`` trains the model with bfloat16 parameters (and buffers), and
+``precision`` (a list of names of :data:`decoupled.precision.PRECISIONS`, default ``["exact"]``, the optimizers'
+default) says how the optimizers write them; each precision is an arm of the sweep beside the optimizer, a run's
+precision part of its key. With float32 (the default) every precision steps the parameters alike, so
+``precision`` is refused there: its arms would be the same runs.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
+
+from decoupled.precision import PRECISIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,6 +69,10 @@ DATASETS = ("mnist1d", "digits", "cifar10")
 MODELS = ("conv1d", "mlp", "shake_shake")
 SCHEDULES = ("cosine", "constant", "step", "warm_restarts")
 DECAY_SCOPES = ("all", "weights")
+# The dtypes a sweep trains its parameters in (torch's names). float16 is left out: without loss scaling its
+# gradients underflow, which would confound what the precision of the step does.
+DTYPES = ("float32", "bfloat16")
+DEFAULT_PRECISIONS = ("exact",)  # a low-precision sweep without ``precision``: the optimizers' default
 # Sizes past which a sweep is refused unless asked for (``--allow-large``): a typo such as ``--seeds 1000000000``
 # should cost one line, not hours of planning or days of data generation. The default sweep is 200 runs of
 # 10,000 examples; 10,000 runs is about 7 hours on 2 cores, and MNIST-1D generates at ~0.6 ms an example.
@@ -150,6 +162,9 @@ class TrainConfig:
     # Measure validation and test error after every epoch (the curves) or only after the last one: evaluation
     # costs more than training on a small training set, and only F5's figure needs the curves.
     curves: bool = True
+    # The parameters' (and buffers') dtype during training, one of DTYPES. Inputs are cast to it at the model's
+    # entrance, outputs back to float32 for the loss and the error; the test error is the trained model's own.
+    dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -176,9 +191,11 @@ class RunConfig:
     lr: float
     weight_decay: float
     task: str | None = None  # a user task's name (None: the built-in task of ``data`` and ``model``)
+    # How the optimizer writes low-precision parameters (a key of PRECISIONS); None for float32 training.
+    precision: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return _without_task_defaults(asdict(self))
+        return _without_defaults(asdict(self))
 
     def key(self) -> str:
         """A stable 16-hex-digit hash of the config (independent of dict order and of Python versions).
@@ -187,13 +204,13 @@ class RunConfig:
         the runs of a store written before them still count as done."""
         raw = self.to_dict()
         for table, name in _KEYS_ADDED_LATER:
-            if raw[table][name] == getattr(_DEFAULTS[table], name):
-                del raw[table][name]
+            if raw[table].get(name, getattr(_DEFAULTS[table], name)) == getattr(_DEFAULTS[table], name):
+                raw[table].pop(name, None)
         text = json.dumps(raw, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-_KEYS_ADDED_LATER = (("train", "curves"),)  # (table, key): hashed only when not at their default
+_KEYS_ADDED_LATER = (("train", "curves"), ("train", "dtype"))  # (table, key): hashed only when not at their default
 _DEFAULTS = {"data": DataConfig(), "model": ModelConfig(), "train": TrainConfig()}
 
 
@@ -208,14 +225,41 @@ class SweepConfig:
     train: TrainConfig
     grids: tuple[OptimizerGrid, ...]
     task: str | None = None  # a user task's name (``--task``); None: the built-in task of ``data`` and ``model``
+    # The arms of a low-precision sweep (keys of PRECISIONS), each crossed with every grid; () for float32.
+    precisions: tuple[str, ...] = ()
 
-    def run_config(self, optimizer: str, lr: float, weight_decay: float) -> RunConfig:
-        return RunConfig(self.data, self.model, self.train, optimizer, lr, weight_decay, self.task)
+    def run_config(self, optimizer: str, lr: float, weight_decay: float, precision: str | None = None) -> RunConfig:
+        return RunConfig(self.data, self.model, self.train, optimizer, lr, weight_decay, self.task, precision)
+
+    @property
+    def precision(self) -> str | None:
+        """The precision of a sweep of one arm (None for float32); a ValueError for a sweep of several, which is
+        analyzed one arm at a time (:meth:`by_precision`)."""
+        if len(self.precisions) > 1:
+            raise ValueError(f"sweep {self.name!r} has {len(self.precisions)} precision arms: take one (by_precision)")
+        return self.precisions[0] if self.precisions else None
+
+    def by_precision(self) -> tuple["SweepConfig", ...]:
+        """One sweep per precision arm (the sweep itself when it has one, or none: float32)."""
+        if len(self.precisions) <= 1:
+            return (self,)
+        return tuple(replace(self, precisions=(precision,)) for precision in self.precisions)
+
+    def float32_reference(self) -> "SweepConfig":
+        """The same sweep with float32 parameters: the runs a low-precision sweep is compared with."""
+        return replace(self, train=replace(self.train, dtype="float32"), precisions=())
+
+    @property
+    def arm_label(self) -> str:
+        """What the parameters were and how they were written: 'float32', 'bfloat16, precision "nearest"'."""
+        if not self.precisions:
+            return self.train.dtype
+        return f"{self.train.dtype}, precision " + ", ".join(f'"{precision}"' for precision in self.precisions)
 
     @property
     def cells(self) -> int:
-        """Learning-rate x weight-decay cells over every optimizer's grid."""
-        return sum(grid.cells for grid in self.grids)
+        """Learning-rate x weight-decay cells over every optimizer's grid and every precision arm."""
+        return sum(grid.cells for grid in self.grids) * max(len(self.precisions), 1)
 
     @property
     def runs(self) -> int:
@@ -223,17 +267,20 @@ class SweepConfig:
         return self.cells * self.seeds
 
     def to_dict(self) -> dict[str, Any]:
-        return _without_task_defaults(asdict(self))
+        return _without_defaults(asdict(self))
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "SweepConfig":
         """Rebuild from :meth:`to_dict` output (as stored), without the layering of :func:`load_sweep_config`.
-        An optimizer this version does not know (a newer version's) is a ValueError naming it."""
+        An optimizer or a precision this version does not know (a newer version's) is a ValueError naming it."""
         for grid in raw["grids"]:
             if grid["optimizer"] not in OPTIMIZERS:
                 raise ValueError(
                     f"unknown optimizer {grid['optimizer']!r} (this version knows {', '.join(OPTIMIZERS)})"
                 )
+        for precision in raw.get("precisions", ()):
+            if precision not in PRECISIONS:
+                raise ValueError(f"unknown precision {precision!r} (this version knows {', '.join(PRECISIONS)})")
         return cls(
             name=raw["name"],
             seeds=int(raw["seeds"]),
@@ -244,16 +291,24 @@ class SweepConfig:
                 OptimizerGrid(g["optimizer"], tuple(g["lrs"]), tuple(g["weight_decays"])) for g in raw["grids"]
             ),
             task=raw.get("task"),
+            precisions=tuple(raw.get("precisions", ())),
         )
 
 
-def _without_task_defaults(tree: dict[str, Any]) -> dict[str, Any]:
+def _without_defaults(tree: dict[str, Any]) -> dict[str, Any]:
     """A built-in task's config has no ``task`` key, so that its hash (the store's key) is what it was before
-    tasks existed; a user task's has no ``model`` (the task brings its own; its name stands for it)."""
+    tasks existed; a user task's has no ``model`` (the task brings its own; its name stands for it). A float32
+    one has no ``train.dtype`` and no ``precision`` (``precisions``): it is stored as before they existed, so
+    that a store of float32 runs reads the same in earlier versions too."""
     if tree.get("task") is None:
         tree.pop("task", None)
     else:
         tree.pop("model", None)
+    for key in ("precision", "precisions"):
+        if key in tree and not tree[key]:
+            del tree[key]
+    if tree.get("train", {}).get("dtype") == TrainConfig.dtype:
+        del tree["train"]["dtype"]
     return tree
 
 
@@ -261,7 +316,7 @@ def _without_task_defaults(tree: dict[str, Any]) -> dict[str, Any]:
 # Loading: presets, files and overrides are nested dicts merged key by key, then checked once.
 
 _PRESET_PACKAGE = "decoupled.experiments.presets"
-_TOP_KEYS = ("name", "seeds", "optimizers", "data", "model", "train", "grid")
+_TOP_KEYS = ("name", "seeds", "optimizers", "precision", "data", "model", "train", "grid")
 _AXIS_KEYS = {"lr": ("lr", "lr_log2"), "weight_decay": ("weight_decay", "weight_decay_log2")}
 
 
@@ -465,6 +520,7 @@ def _check_train(train: TrainConfig) -> None:
     _positive_int(train.eval_batch_size, "train.eval_batch_size")
     _choice(train.schedule, SCHEDULES, "train.schedule")
     _choice(train.decay_scope, DECAY_SCOPES, "train.decay_scope")
+    _choice(train.dtype, DTYPES, "train.dtype")
     for name in ("momentum", "beta1", "beta2"):
         value = getattr(train, name)
         if not (math.isfinite(value) and 0 <= value < 1):
@@ -533,17 +589,11 @@ def _axis(table: Mapping[str, Any], axis: str, where: str) -> tuple[float, ...]:
 
 
 def _grids(raw: Mapping[str, Any]) -> tuple[OptimizerGrid, ...]:
-    names = raw.get("optimizers", list(PAPER_OPTIMIZERS))
-    if isinstance(names, str):
-        names = [part.strip() for part in names.split(",") if part.strip()]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"optimizers must be a list of names, got {names!r}")
+    names = _names(raw, "optimizers", PAPER_OPTIMIZERS)
     if not names:
         raise ConfigError("empty grid: optimizers = [] selects no optimizer")
     for name in names:
         _choice(name, tuple(OPTIMIZERS), "optimizers")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"optimizers: repeated name in {names!r}")
     grid_tables = _table(raw, "grid")
     _unknown_keys(grid_tables, list(OPTIMIZERS), "grid")
     grids = []
@@ -577,7 +627,38 @@ def sweep_config_from_dict(raw: Mapping[str, Any]) -> SweepConfig:
     _check_data(data)
     _check_model(model, data)
     _check_train(train)
-    return SweepConfig(name, seeds, data, model, train, _grids(raw))
+    return SweepConfig(name, seeds, data, model, train, _grids(raw), precisions=_precisions(raw, train))
+
+
+def _names(raw: Mapping[str, Any], key: str, default: tuple[str, ...]) -> list[str]:
+    """A list of names from ``key`` of ``raw`` (a list, or a comma-separated string as its flag gives it)."""
+    names = raw.get(key, list(default))
+    if isinstance(names, str):
+        names = [part.strip() for part in names.split(",") if part.strip()]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{key} must be a list of names, got {names!r}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{key}: repeated name in {names!r}")
+    return names
+
+
+def _precisions(raw: Mapping[str, Any], train: TrainConfig) -> tuple[str, ...]:
+    """The precision arms: none for float32 (refused when given: every precision steps float32 alike, so its arms
+    would repeat the same runs), :data:`DEFAULT_PRECISIONS` for a low-precision dtype without ``precision``."""
+    if train.dtype == "float32":
+        if "precision" in raw:
+            raise ConfigError(
+                f"precision = {raw['precision']!r} needs low-precision parameters: with train.dtype 'float32' every "
+                "precision takes the same step (its arms would be the same runs); add --dtype bfloat16 "
+                "(train.dtype), or leave precision out"
+            )
+        return ()
+    names = _names(raw, "precision", DEFAULT_PRECISIONS)
+    if not names:
+        raise ConfigError("empty grid: precision = [] selects no precision")
+    for name in names:
+        _choice(name, tuple(PRECISIONS), "precision")
+    return tuple(names)
 
 
 def _check_name(name: str) -> None:

@@ -9,6 +9,7 @@ Curves use percent axes, whole-epoch ticks and a legend on every panel.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,10 @@ from .axes import steps_per_epoch, weight_decay_axis
 from .config import OPTIMIZERS
 from .train import format_power_of_two
 
-__all__ = ["HEATMAP_FILENAME", "CURVES_FILENAME", "drawable", "heatmap_figure", "plot_curves", "plot_heatmaps"]
+__all__ = [
+    "HEATMAP_FILENAME", "CURVES_FILENAME", "drawable", "heatmap_figure", "plot_curves", "plot_heatmaps",
+    "plot_precision_heatmaps",
+]  # fmt: skip
 
 HEATMAP_FILENAME = "heatmaps.png"
 CURVES_FILENAME = "curves.png"
@@ -43,7 +47,11 @@ def _tick(value: float) -> str:
 def color_range(findings: Findings) -> tuple[float, float]:
     """One color scale (error in %) shared by all panels: from the lowest usable cell to the lowest + max(5
     points, 2x the lowest), so the good region keeps its detail; worse cells saturate (the colorbar says so)."""
-    means = [np.concatenate([f.test_mean[f.usable], f.val_mean[f.usable]]) for f in findings.optimizers]
+    return _color_range(findings.optimizers)
+
+
+def _color_range(optimizers: Iterable[OptimizerFindings]) -> tuple[float, float]:
+    means = [np.concatenate([f.test_mean[f.usable], f.val_mean[f.usable]]) for f in optimizers]
     values = np.concatenate(means) * 100 if means else np.array([])
     if values.size == 0:
         return 0.0, 100.0
@@ -194,6 +202,53 @@ def heatmap_figure(findings: Findings, *, weight_decay_unit: str = "lambda"):
                               shrink=0.8)  # fmt: skip
         bar.set_label("error (%)")
     return figure
+
+
+def plot_precision_heatmaps(
+    columns: Sequence[tuple[str, Findings]], path: Path, *, weight_decay_unit: str = "lambda"
+) -> Path:
+    """The test-error heatmaps of several sweeps of one grid side by side: a row per optimizer, a column per
+    sweep (float32, then each precision arm of a low-precision sweep; ``columns``: (label, findings)), on one
+    colour scale, marked as in :func:`plot_heatmaps`. A panel is grey where a column has no such optimizer."""
+    plt = _pyplot()
+    names: list[str] = []
+    for _, findings in columns:
+        names += [f.name for f in findings.optimizers if f.name not in names]
+    order = [name for name in _PANEL_ORDER if name in names] + [n for n in names if n not in _PANEL_ORDER]
+    grids = [f.grid for _, findings in columns for f in findings.optimizers]
+    shape = max((len(g.weight_decays) / max(len(g.lrs), 1) for g in grids), default=1.0)
+    height = max(4.4, 1.2 + 3.4 * min(shape, MAX_PANEL_SHAPE))
+    width = min(4.6, max(3.9, (height - 1.2) / shape + 1.6))
+    figure, axes = plt.subplots(len(order), len(columns), figsize=(width * len(columns) + 0.8, height * len(order)
+                                + 0.6), squeeze=False, layout="constrained")  # fmt: skip
+    low, high = _color_range(f for _, findings in columns for f in findings.optimizers)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
+    image = None
+    for column, (label, findings) in enumerate(columns):
+        present = {f.name: f for f in findings.optimizers}
+        steps = steps_per_epoch(findings.config.data.train_size, findings.config.train.batch_size)
+        for row, name in enumerate(order):
+            ax = axes[row, column]
+            if name not in present:
+                ax.axis("off")
+                continue
+            image = _panel(ax, present[name], "test", low, high, cmap, weight_decay_unit, steps)
+            ax.set_title(f"{drawable(label)}\n{ax.get_title()}", fontsize=9.5)
+    config = columns[0][1].config if columns else None
+    if config is not None:
+        figure.suptitle(
+            f"Test error (%) by parameter precision on {drawable(repr(config.task)) if config.task else config.data.dataset}, "
+            f"{config.train.epochs} epochs, mean of {config.seeds} seed{'s' if config.seeds > 1 else ''}\n"
+            "rings: 10 best cells on test error; red square: the cell picked on validation; hatched: diverged",
+            fontsize=10,
+        )
+    if image is not None:
+        bar = figure.colorbar(image, ax=list(axes.flat), extend="max" if high < 100 else "neither", fraction=0.02,
+                              pad=0.01, shrink=0.8)  # fmt: skip
+        bar.set_label("test error (%)")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def drawable(text: str) -> str:

@@ -11,13 +11,26 @@ import html
 import math
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .analysis import BASIN_POINTS, NOISE_MULTIPLE, TRAINED_WITHIN, Comparison, Findings, OptimizerFindings, analyze
-from .config import OPTIMIZERS
+from decoupled.precision import PRECISIONS
+
+from .analysis import (
+    BASIN_POINTS,
+    NOISE_MULTIPLE,
+    TRAINED_WITHIN,
+    Comparison,
+    Findings,
+    OptimizerFindings,
+    analyze,
+    compare_best,
+    decay_effect,
+)
+from .config import OPTIMIZERS, SweepConfig
 from .files import write_text_atomic
-from .plots import CURVES_FILENAME, HEATMAP_FILENAME, plot_curves, plot_heatmaps
+from .plots import CURVES_FILENAME, HEATMAP_FILENAME, plot_curves, plot_heatmaps, plot_precision_heatmaps
 from .store import Store, StoreError
 from .sweep import CSV_FILENAME
 from .train import format_power_of_two
@@ -29,8 +42,7 @@ __all__ = ["ReportPaths", "md_code", "md_text", "render_report", "statements"]
 class ReportPaths:
     markdown: Path
     html: Path
-    heatmaps: Path
-    curves: Path
+    figures: tuple[Path, ...]  # the heatmaps first
     csv: Path
 
 
@@ -77,8 +89,9 @@ def _slope(opt: OptimizerFindings) -> str:
     return "n/a" if opt.slope is None else f"{opt.slope:+.2f}"
 
 
-def statements(findings: Findings) -> list[str]:
-    """The findings as plain sentences, each with its numbers; the first ones say what is and is not shown."""
+def statements(findings: Findings, scale: bool = True) -> list[str]:
+    """The findings as plain sentences, each with its numbers; the first ones say what is and is not shown.
+    ``scale``: end with what a small stand-in can show (once per report)."""
     lines: list[str] = []
     from .findings.f1 import pair_sentence, pair_verdicts
 
@@ -122,7 +135,7 @@ def statements(findings: Findings) -> list[str]:
             "(interrupted or failed): these numbers are provisional; run the same command again to finish."
         )
     config = findings.config
-    if config.task is None and (config.data.dataset != "cifar10" or config.model.name != "shake_shake"):
+    if scale and config.task is None and (config.data.dataset != "cifar10" or config.model.name != "shake_shake"):
         lines.append(
             f"Scale: this is a small stand-in ({config.data.dataset}, {config.data.train_size} training examples, "
             f"{config.model.name} network, {config.train.epochs} epochs). The paper measured its generalization gap "
@@ -165,7 +178,20 @@ def _noise_text(c: Comparison) -> str:
 Block = tuple  # ("h1"|"h2"|"p", text) | ("ul", [text]) | ("table", header, rows) | ("img", file, alt)
 
 
-def _setup_lines(findings: Findings, parameters: int | None) -> list[str]:
+def _runs_line(parts: Sequence[Findings], other: int) -> str:
+    """How many of the planned runs of ``parts`` (one sweep's analyses) are stored, diverged, and their compute."""
+    used, expected = sum(f.runs_used for f in parts), sum(f.runs_expected for f in parts)
+    diverged, wall = sum(f.runs_diverged for f in parts), sum(f.wall_time_total_s for f in parts)
+    return (
+        f"Runs: {used} of {expected} recorded, {diverged} diverged (NaN/inf loss; counted as 100% error); "
+        f"{wall / 60:.1f} minutes of compute in all"
+        + (f"; {other} other stored runs are not part of this grid" if other else "")
+        + "."
+    )
+
+
+def _setup_lines(findings: Findings, parameters: int | None, runs: str | None = None) -> list[str]:
+    """The Setup section; ``runs``: its line on the runs (default: ``findings``' own)."""
     config = findings.config
     data, model, train = config.data, config.model, config.train
     steps = math.ceil(data.train_size / train.batch_size) * train.epochs
@@ -208,10 +234,7 @@ def _setup_lines(findings: Findings, parameters: int | None) -> list[str]:
         "g <- g + lambda theta. The paper's normalized decay (appendix B.1) is "
         "lambda_norm = lambda / sqrt(b / (B T))"
         + (f" = lambda x {1 / normalizer:.1f} here." if not math.isnan(normalizer) else "."),
-        f"Runs: {findings.runs_used} of {findings.runs_expected} recorded, {findings.runs_diverged} diverged "
-        f"(NaN/inf loss; counted as 100% error); {findings.wall_time_total_s / 60:.1f} minutes of compute in all"
-        + (f"; {findings.runs_other} other stored runs are not part of this grid" if findings.runs_other else "")
-        + ".",
+        runs or _runs_line([findings], findings.runs_other),
         f"Provenance: code {md_text(', '.join(findings.code_versions) or 'n/a')}; hardware "
         f"{md_text(findings.hardware.get('cpu', 'n/a'))} ({md_text(findings.hardware.get('device', 'n/a'))}"
         + (f", {md_text(findings.hardware['gpu'])}" if "gpu" in findings.hardware else "")
@@ -336,38 +359,248 @@ def failure_blocks(failures: list[dict], rows: list[dict]) -> list[Block]:
     return blocks
 
 
-def build_document(
-    findings: Findings, out: Path, parameters: int | None, failures: list[Block] | None = None
-) -> list[Block]:
-    config = findings.config
+def _heading(config: SweepConfig, out: Path) -> list[Block]:
+    suffix = f", {config.train.dtype} parameters" if config.precisions else ""
+    return [
+        ("h1", f"Decoupled weight decay: learning rate x weight decay sweep ({md_text(config.name)}){suffix}"),
+        ("p", f"Output folder {md_code(out)}, rendered {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
+              f"{md_code(out / 'results.sqlite')} ({md_code(f'decoupled report {out}')} renders it again)."),
+    ]  # fmt: skip
+
+
+def _findings_blocks(
+    findings: Findings, heading: str = "h2", heatmaps: str = HEATMAP_FILENAME, curves: str = CURVES_FILENAME,
+    scale: bool = True,
+) -> list[Block]:  # fmt: skip
+    """The sections of one sweep's (or one precision arm's) findings, tables and figures."""
     optimizer_header, optimizer_rows = _optimizer_table(findings)
     comparison_header, comparison_rows = _comparison_table(findings)
     blocks: list[Block] = [
-        ("h1", f"Decoupled weight decay: learning rate x weight decay sweep ({md_text(config.name)})"),
-        ("p", f"Output folder {md_code(out)}, rendered {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
-              f"{md_code(out / 'results.sqlite')} ({md_code(f'decoupled report {out}')} renders it again)."),
-        ("h2", "Findings"),
-        ("ul", statements(findings)),
-        ("h2", "Best setting of each optimizer"),
+        (heading, "Findings"),
+        ("ul", statements(findings, scale)),
+        (heading, "Best setting of each optimizer"),
         ("table", optimizer_header, optimizer_rows),
-    ]  # fmt: skip
+    ]
     if comparison_rows:
-        blocks += [("h2", "Decoupled vs L2"), ("table", comparison_header, comparison_rows)]
+        blocks += [(heading, "Decoupled vs L2"), ("table", comparison_header, comparison_rows)]
     if findings.variant_comparisons:
-        blocks += [("h2", "Later weight-decay rules vs AdamW"), ("table", *_variant_table(findings))]
-    blocks += [
-        ("h2", "Heatmaps (cf. Figure 2 of the paper)"),
-        ("img", HEATMAP_FILENAME, "test error over learning rate x weight decay, one panel per optimizer"),
-        ("h2", "Learning curves of the best settings (cf. Figures 3-4)"),
-        ("img", CURVES_FILENAME, "training loss and test error per epoch of each optimizer's best setting"),
-        *(failures or []),
+        blocks += [(heading, "Later weight-decay rules vs AdamW"), ("table", *_variant_table(findings))]
+    return blocks + [
+        (heading, "Heatmaps (cf. Figure 2 of the paper)"),
+        ("img", heatmaps, "test error over learning rate x weight decay, one panel per optimizer"),
+        (heading, "Learning curves of the best settings (cf. Figures 3-4)"),
+        ("img", curves, "training loss and test error per epoch of each optimizer's best setting"),
+    ]
+
+
+def _closing_blocks(setup: list[str], method: list[str]) -> list[Block]:
+    return [
         ("h2", "Setup"),
-        ("ul", _setup_lines(findings, parameters)),
+        ("ul", setup),
         ("h2", "How the numbers are computed"),
-        ("ul", _method_lines()),
+        ("ul", method),
         ("p", f"Every run, with its per-epoch curves and provenance: `{CSV_FILENAME}` and `results.sqlite`."),
     ]
-    return blocks
+
+
+def build_document(
+    findings: Findings, out: Path, parameters: int | None, failures: list[Block] | None = None
+) -> list[Block]:
+    return [
+        *_heading(findings.config, out),
+        *_findings_blocks(findings),
+        *(failures or []),
+        *_closing_blocks(_setup_lines(findings, parameters), _method_lines()),
+    ]
+
+
+# ------------------------------------------------------------------------------------------ low precision
+
+PRECISION_HEATMAP_FILENAME = "heatmaps-precision.png"
+Column = tuple[str, Findings]  # a label and a sweep's (or one precision arm's) findings: a column of the comparison
+
+
+def arm_files(config: SweepConfig) -> tuple[str, str]:
+    """The heatmap and curve files of one precision arm of a low-precision sweep."""
+    return f"heatmaps-{config.precision}.png", f"curves-{config.precision}.png"
+
+
+def same_setup(a: SweepConfig, b: SweepConfig) -> bool:
+    """Whether two sweeps train the same grids on the same data, model and training but for the parameters'
+    dtype and precision (and seeds, name): whether one can stand as the other's float32 reference."""
+
+    def core(config: SweepConfig) -> SweepConfig:
+        return replace(config.float32_reference(), name="", seeds=1)
+
+    return core(a) == core(b)
+
+
+def reference_of(columns: Sequence[Column], low: Findings) -> Column | None:
+    """The first float32 column of the same setup as the low-precision ``low``, if any."""
+    return next((c for c in columns if not c[1].config.precisions and same_setup(c[1].config, low.config)), None)
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.2f}"
+
+
+def precision_sentence(label: str, low: Findings, reference: Column | None) -> str:
+    """What one low-precision column shows, in one sentence from its numbers: for which optimizers the weight
+    decay stops mattering (it buys more than 2x its noise in float32, not here), still matters, or cannot show it
+    (it does not matter beyond the noise even in float32); without a float32 reference, where it matters."""
+    lost: list[str] = []
+    kept: list[str] = []
+    flat: list[str] = []
+    unknown: list[str] = []
+    ref_label, ref_findings = reference if reference is not None else ("", None)
+    for opt in low.optimizers:
+        effect = decay_effect(opt, low.config.data.test_size)
+        ref_opt = ref_findings.by_name(opt.name) if ref_findings is not None else None
+        ref = decay_effect(ref_opt, ref_findings.config.data.test_size) if ref_findings and ref_opt else None
+        if effect is None or (ref_findings is not None and ref is None):
+            unknown.append(opt.label)
+        elif ref is None:
+            (kept if effect.matters else flat).append(f"{opt.label} ({_points(effect.gain)} points)")
+        elif not ref.matters:
+            flat.append(f"{opt.label} ({_points(ref.gain)} points in {md_text(ref_label)})")
+        else:
+            numbers = f"{opt.label} ({_points(effect.gain)} points, {_points(ref.gain)} in {md_text(ref_label)})"
+            (kept if effect.matters else lost).append(numbers)
+    parts = []
+    if reference is None:
+        if kept:
+            parts.append(f"the weight decay matters beyond the noise for {_and(kept)}")
+        if flat:
+            parts.append(f"{'it' if parts else 'the weight decay'} matters no more than the noise for {_and(flat)}")
+    else:
+        if lost:
+            parts.append(f"the weight decay stops mattering for {_and(lost)}")
+        if kept:
+            parts.append(f"{'it' if parts else 'the weight decay'} still matters for {_and(kept)}")
+        if flat:
+            parts.append(f"{'it' if parts else 'the weight decay'} matters no more than the noise even in "
+                         f"{md_text(ref_label)} for {_and(flat)}, so this grid cannot show it lost there")  # fmt: skip
+    if unknown:
+        parts.append(f"{_and(unknown)}: no cell to compare (no runs, or every cell diverged)")
+    what = ("what the weight decay buys at the best cell's learning rate: the test error at the grid's smallest "
+            "weight decay minus at the best")  # fmt: skip
+    text = f"**{md_text(label)}**: " + "; ".join(parts) + f" ({what})."
+    if reference is None:
+        text += (" No float32 runs of the same grid to compare with: run the same sweep without --dtype into this "
+                 "folder, or compare with a float32 folder (`decoupled report THIS FLOAT32`).")  # fmt: skip
+    return text
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+_AGAINST = {"better": "better, beyond the noise", "worse": "worse, beyond the noise", "tie": "within the noise"}
+
+
+def precision_table(columns: Sequence[Column]) -> tuple[list[str], list[list[str]]]:
+    """A row per optimizer and column: its best cell, what the weight decay buys there, and its best test error
+    against the float32 reference's (same noise rules as Decoupled vs L2)."""
+    header = ["optimizer", "parameters", "best lr", "best weight decay", "test error (mean +- std)",
+              "test error at the smallest weight decay (same lr)", "weight decay buys (points) [noise]",
+              f"matters (> {NOISE_MULTIPLE:g} x noise)", "against float32 (points)"]  # fmt: skip
+    names: list[str] = []
+    for _, findings in columns:
+        names += [f.name for f in findings.optimizers if f.name not in names]
+    rows = []
+    for name in names:
+        for label, findings in columns:
+            opt = findings.by_name(name)
+            if opt is None:
+                continue
+            if opt.best is None:
+                what = "every cell diverged" if opt.cells_measured else "no runs"
+                rows.append([opt.label, md_text(label), what] + [""] * 6)
+                continue
+            effect = decay_effect(opt, findings.config.data.test_size)
+            buys = "n/a" if effect is None else f"{_points(effect.gain)} [{100 * effect.noise:.2f}]"
+            smallest = "n/a" if effect is None else (
+                f"{_pct(effect.smallest_error)} at {format_power_of_two(effect.smallest_weight_decay)}"
+            )  # fmt: skip
+            against = ""
+            reference = reference_of(columns, findings) if findings.config.precisions else None
+            ref_opt = reference[1].by_name(name) if reference is not None else None
+            if ref_opt is not None and ref_opt.best is not None:
+                c = compare_best(ref_opt, opt, findings.config.data.test_size)
+                against = f"{_points(-c.difference)} ({_AGAINST[c.verdict]})"
+            rows.append([
+                opt.label, md_text(label), format_power_of_two(opt.best_lr), format_power_of_two(opt.best_weight_decay),
+                _pm(opt), smallest, buys, "n/a" if effect is None else ("yes" if effect.matters else "no"), against,
+            ])  # fmt: skip
+    return header, rows
+
+
+def precision_blocks(columns: Sequence[Column], figure: str) -> list[Block]:
+    """The low-precision section: one sentence per low-precision column, the table, the side-by-side heatmaps
+    (``figure``, rendered by the caller with :func:`~.plots.plot_precision_heatmaps`)."""
+    lows = [(label, findings) for label, findings in columns if findings.config.precisions]
+    return [
+        ("ul", [precision_sentence(label, low, reference_of(columns, low)) for label, low in lows]),
+        ("table", *precision_table(columns)),
+        ("img", figure, "test error over learning rate x weight decay: a row per optimizer, a column per precision"),
+    ]
+
+
+def _precision_setup(config: SweepConfig, out: Path, reference: Findings | None) -> list[str]:
+    dtype = config.train.dtype
+    arms = "; ".join(f'"{name}": {PRECISIONS[name]}' for name in config.precisions)
+    lines = [
+        f"Parameters: {dtype} during training, and the buffers (BatchNorm's statistics); each batch's inputs are "
+        f"cast to {dtype} at the model's entrance and its outputs to float32 for the loss and the error: the errors "
+        f"are those of the {dtype} model as trained (not of float32 masters).",
+        f"Precision arms (how the optimizer writes a {dtype} parameter, `decoupled.precision`): {arms}. Stochastic "
+        "rounding is seeded with the run's seed.",
+    ]
+    if reference is not None:
+        lines.append(f"Float32 reference: {reference.runs_used} of {reference.runs_expected} runs of the same grid in "
+                     "float32 in this folder (the same sweep without --dtype).")  # fmt: skip
+    else:
+        lines.append("No float32 runs of this grid in this folder: the same sweep without --dtype and --precision, with "
+                     f"--out {md_text(out)}, adds them (a comparison with a float32 folder: "
+                     f"{md_code(f'decoupled report {out} FLOAT32_FOLDER')}).")  # fmt: skip
+    return lines
+
+
+def _precision_method_lines() -> list[str]:
+    return [
+        "What the weight decay buys (per optimizer and precision): in the learning-rate row of the best cell (picked "
+        "on validation), the mean test error at the grid's smallest weight decay (lambda = 0 when the grid has it) "
+        "minus the best cell's. Its noise: the larger of the standard error of the seeds' paired differences (seed s "
+        "has the same initialization and batch order in both cells) and sqrt(2) x the test-set noise. It matters "
+        f"beyond {NOISE_MULTIPLE:g} x that noise. A weight decay that a precision loses buys nothing: its row is flat.",
+        "Against float32: each optimizer's best test error against the float32 run's of the same grid, with the "
+        "noise rules of Decoupled vs L2.",
+    ]
+
+
+def _precision_columns(arms: Sequence[Findings], reference: Findings | None) -> list[Column]:
+    """A low-precision folder's columns: its float32 runs (when it holds some), then each precision arm."""
+    return ([("float32", reference)] if reference is not None else []) + [(f.config.arm_label, f) for f in arms]
+
+
+def build_precision_document(
+    arms: Sequence[Findings], reference: Findings | None, out: Path, parameters: int | None, other_runs: int,
+    failures: list[Block] | None = None,
+) -> list[Block]:  # fmt: skip
+    """The report of a low-precision sweep: the precision section (against float32 when ``reference`` has runs),
+    then each precision arm's findings, tables and figures (files of :func:`arm_files`)."""
+    config = replace(arms[0].config, precisions=tuple(p for f in arms for p in f.config.precisions))
+    columns = _precision_columns(arms, reference)
+    title = f"{config.train.dtype} against float32" if reference is not None else "Precision arms"
+    blocks = [*_heading(config, out), ("h2", title), *precision_blocks(columns, PRECISION_HEATMAP_FILENAME)]
+    for findings in arms:
+        heatmaps, curves = arm_files(findings.config)
+        blocks += [("h2", md_text(findings.config.arm_label)),
+                   *_findings_blocks(findings, "h3", heatmaps, curves, scale=findings is arms[-1])]  # fmt: skip
+    parts = [*arms, *([reference] if reference is not None else [])]
+    setup = _setup_lines(arms[0], parameters, _runs_line(parts, other_runs))
+    setup[2:2] = _precision_setup(config, out, reference)
+    return [*blocks, *(failures or []), *_closing_blocks(setup, _method_lines() + _precision_method_lines())]
 
 
 _CSS = """
@@ -459,7 +692,8 @@ def write_document(blocks: list[Block], folder: Path, stem: str) -> tuple[Path, 
 
 def render_report(folder: str | Path, *, weight_decay_unit: str = "lambda") -> ReportPaths:
     """Re-render the CSV, the figures and the report of output folder ``folder`` from its store alone.
-    ``weight_decay_unit="tau"`` labels the heatmaps' decoupled weight decays in timescale epochs."""
+    ``weight_decay_unit="tau"`` labels the heatmaps' decoupled weight decays in timescale epochs. A
+    low-precision sweep's report compares its precision arms with the folder's float32 runs of the same grid."""
     folder = Path(folder)
     with Store.open(folder, create=False) as store:
         config = store.latest_sweep()
@@ -468,10 +702,31 @@ def render_report(folder: str | Path, *, weight_decay_unit: str = "lambda") -> R
         rows = store.runs()
         failures = store.failures()
         store.export_csv(folder / CSV_FILENAME, rows)
+    parameters = next((row["extra"].get("parameters") for row in rows if row["extra"].get("parameters")), None)
+    if config.precisions:
+        return _render_precision_report(config, rows, failures, folder, parameters, weight_decay_unit)
     findings = analyze(config, rows)
     heatmaps = plot_heatmaps(findings, folder / HEATMAP_FILENAME, weight_decay_unit=weight_decay_unit)
     curves = plot_curves(findings, folder / CURVES_FILENAME)
-    parameters = next((row["extra"].get("parameters") for row in rows if row["extra"].get("parameters")), None)
     blocks = build_document(findings, folder, parameters, failure_blocks(failures, rows))
     markdown, page = write_document(blocks, folder, "report")
-    return ReportPaths(markdown, page, heatmaps, curves, folder / CSV_FILENAME)
+    return ReportPaths(markdown, page, (heatmaps, curves), folder / CSV_FILENAME)
+
+
+def _render_precision_report(
+    config: SweepConfig, rows: list[dict], failures: list[dict], folder: Path, parameters: int | None, unit: str
+) -> ReportPaths:
+    arms = [analyze(arm, rows) for arm in config.by_precision()]
+    float32 = analyze(config.float32_reference(), rows)
+    reference = float32 if float32.runs_used else None
+    columns = _precision_columns(arms, reference)
+    figures = [plot_precision_heatmaps(columns, folder / PRECISION_HEATMAP_FILENAME, weight_decay_unit=unit)]
+    for findings in arms:
+        heatmaps, curves = arm_files(findings.config)
+        figures += [plot_heatmaps(findings, folder / heatmaps, weight_decay_unit=unit),
+                    plot_curves(findings, folder / curves)]  # fmt: skip
+    used = sum(f.runs_used for f in arms) + (reference.runs_used if reference is not None else 0)
+    blocks = build_precision_document(arms, reference, folder, parameters, len(rows) - used,
+                                      failure_blocks(failures, rows))  # fmt: skip
+    markdown, page = write_document(blocks, folder, "report")
+    return ReportPaths(markdown, page, tuple(figures), folder / CSV_FILENAME)

@@ -61,11 +61,12 @@ class SweepSummary:
 
 
 def plan_tasks(config: SweepConfig) -> list[RunTask]:
-    """Every run of the sweep, seed-major: all cells of seed 0 first, so a sweep stopped halfway already has
-    a full grid with one seed."""
+    """Every run of the sweep, seed-major: all cells of seed 0 (of every precision arm) first, so a sweep stopped
+    halfway already has a full grid with one seed."""
     return [
-        RunTask(config.run_config(grid.optimizer, lr, weight_decay), seed)
+        RunTask(config.run_config(grid.optimizer, lr, weight_decay, precision), seed)
         for seed in range(config.seeds)
+        for precision in config.precisions or (None,)
         for grid in config.grids
         for lr in grid.lrs
         for weight_decay in grid.weight_decays

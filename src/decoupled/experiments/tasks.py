@@ -408,15 +408,18 @@ def load_task(spec: str) -> AnyTask:
 # ------------------------------------------------------------------------------------------------ one run
 
 
-def make_optimizer(config: RunConfig, params: nn.Module | Iterable[Any]) -> torch.optim.Optimizer:
+def make_optimizer(config: RunConfig, params: nn.Module | Iterable[Any], seed: int = 0) -> torch.optim.Optimizer:
     """The optimizer of ``config``'s cell over ``params`` (see the module docstring for the mapping).
 
     ``params``: an ``nn.Module`` (every parameter decayed with ``train.decay_scope = "all"``, biases and norm
     parameters not with ``"weights"``), an iterable of tensors (one group, all decayed), or of param-group dicts
-    (each gets the cell's weight decay unless it sets its own ``weight_decay``, e.g. 0).
+    (each gets the cell's weight decay unless it sets its own ``weight_decay``, e.g. 0). A low-precision run's
+    optimizer writes its parameters with ``config.precision`` (:mod:`decoupled.precision`), stochastic rounding
+    seeded with the run's ``seed``; a float32 run's is built as it always was.
     """
     spec = OPTIMIZERS[config.optimizer]
     train = config.train
+    low_precision: dict[str, Any] = {} if config.precision is None else {"precision": config.precision, "seed": seed}
     groups: Any
     if isinstance(params, nn.Module):
         if train.decay_scope == "all":
@@ -432,11 +435,11 @@ def make_optimizer(config: RunConfig, params: nn.Module | Iterable[Any]) -> torc
     if spec.family == "adam":  # adamw-cautious / sgdw-cautious: cautious=True; adamc: decay="corrected"
         return decoupled.AdamW(
             groups, lr=config.lr, betas=(train.beta1, train.beta2), eps=train.eps,
-            weight_decay=config.weight_decay, decay=spec.decay, cautious=spec.cautious,
+            weight_decay=config.weight_decay, decay=spec.decay, cautious=spec.cautious, **low_precision,
         )  # fmt: skip
     return decoupled.SGDW(
         groups, lr=config.lr, momentum=train.momentum, weight_decay=config.weight_decay, decay=spec.decay,
-        cautious=spec.cautious,
+        cautious=spec.cautious, **low_precision,
     )  # fmt: skip
 
 
@@ -495,7 +498,8 @@ class Run:
     convention: ``"decoupled"`` or ``"l2"``), ``seed`` (already applied to Python's, numpy's and torch's
     generators), ``epochs`` and ``batch_size`` (the sweep's), ``device``, ``data`` (the task's loaded
     :class:`Data`, on ``device`` where it is tensors; None without data), ``config`` (the whole
-    :class:`~decoupled.experiments.config.RunConfig`).
+    :class:`~decoupled.experiments.config.RunConfig`), ``dtype`` (the torch dtype the model trains in:
+    ``model.to(run.dtype)``) and ``precision`` (how the optimizer writes such parameters; None for float32).
     """
 
     config: RunConfig
@@ -532,6 +536,14 @@ class Run:
     def batch_size(self) -> int:
         return self.config.train.batch_size
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self.config.train.dtype)
+
+    @property
+    def precision(self) -> str | None:
+        return self.config.precision
+
     def optimizer(self, params: nn.Module | Iterable[Any], steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
         """``(optimizer, scheduler)`` for this cell over ``params`` (a module, tensors or param groups; see
         :func:`make_optimizer`). Step the scheduler once per batch, after ``optimizer.step()``; with
@@ -540,12 +552,25 @@ class Run:
             raise ValueError(f"run.optimizer: steps_per_epoch must be an integer >= 1, got {steps_per_epoch!r}")
         if not isinstance(params, nn.Module):
             params = list(params)
-        optimizer = make_optimizer(self.config, params)
+        optimizer = make_optimizer(self.config, params, self.seed)
+        self._check_dtype(optimizer)
         self.optimizers_built += 1
         counted = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
         self.extra["parameters"] = self.extra.get("parameters", 0) + counted
         self.extra["steps_per_epoch"] = steps_per_epoch
         return optimizer, make_scheduler(self.config, optimizer, steps_per_epoch)
+
+    def _check_dtype(self, optimizer: torch.optim.Optimizer) -> None:
+        """A low-precision run whose parameters are not in its dtype would be recorded as one it is not."""
+        if self.dtype == torch.float32:
+            return
+        dtypes = {p.dtype for group in optimizer.param_groups for p in group["params"]}
+        if self.dtype not in dtypes:
+            found = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes)) or "none"
+            raise TypeError(
+                f"run.optimizer: the sweep trains in {self.config.train.dtype} (train.dtype), but no parameter is "
+                f"{self.config.train.dtype} (found {found}): convert the model first, model.to(run.dtype)"
+            )
 
     def report(self, train_loss: float, val_error: float, test_error: float) -> None:
         """Record one finished epoch: mean training loss, validation and test error (fractions in [0, 1], lower is
@@ -596,8 +621,26 @@ def _to(value: Any, device: torch.device) -> Any:
     return value.to(device) if isinstance(value, Tensor) else value
 
 
-def _evaluate(model: nn.Module, split: Split, error: Callable, batch_size: int, device: torch.device) -> float:
-    """The mean of ``error`` over ``split``, in eval mode (BatchNorm uses its running statistics)."""
+def _to_dtype(value: Any, dtype: torch.dtype) -> Any:
+    """A floating tensor of inputs in the model's ``dtype`` (anything else as it is: labels, uint8 images)."""
+    if dtype == torch.float32 or not isinstance(value, Tensor) or not value.is_floating_point():
+        return value
+    return value.to(dtype)
+
+
+def _to_float32(value: Any, dtype: torch.dtype) -> Any:
+    """A low-precision model's floating outputs in float32, for the loss and the error."""
+    if dtype == torch.float32 or not isinstance(value, Tensor) or not value.is_floating_point():
+        return value
+    return value.float()
+
+
+def _evaluate(
+    model: nn.Module, split: Split, error: Callable, batch_size: int, device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> float:  # fmt: skip
+    """The mean of ``error`` over ``split``, in eval mode (BatchNorm uses its running statistics), of the model
+    as it trains (a low-precision model in its ``dtype``: its outputs go to float32 only for ``error``)."""
     model.eval()
     total: float | int = 0
     count = _rows(split)
@@ -607,7 +650,7 @@ def _evaluate(model: nn.Module, split: Split, error: Callable, batch_size: int, 
                 inputs, targets = split[0][start : start + batch_size], split[1][start : start + batch_size]
             else:
                 inputs, targets = _batch(split, torch.arange(start, min(start + batch_size, count)), device)
-            value = error(model(inputs), targets)
+            value = error(_to_float32(model(_to_dtype(inputs, dtype)), dtype), targets)
             if isinstance(value, Tensor) and value.ndim > 0:
                 # Summed as integers when they are (the default): the same number as counting mistakes.
                 total += int(value.sum()) if not value.is_floating_point() else float(value.double().sum())
@@ -617,14 +660,18 @@ def _evaluate(model: nn.Module, split: Split, error: Callable, batch_size: int, 
 
 
 def fit(task: Task, run: Run) -> None:
-    """The toolkit's training loop for a declarative task (see :class:`Task`)."""
+    """The toolkit's training loop for a declarative task (see :class:`Task`). A low-precision run
+    (``train.dtype``) trains the model in that dtype, parameters and buffers: each batch's floating inputs are
+    cast to it at the model's entrance and its outputs back to float32 for the loss and the error."""
     data = run.data
     assert data is not None
-    device = run.device
+    device, dtype = run.device, run.dtype
     model = task.model()
     if not isinstance(model, nn.Module):
         raise TypeError(f"{task.label}: model() must return an nn.Module, got {_kind(model)}")
     model = model.to(device)
+    if dtype != torch.float32:
+        model = model.to(dtype)
     train_split = data.train
     batch_size = run.batch_size
     steps_per_epoch = math.ceil(_rows(train_split) / batch_size)
@@ -642,7 +689,7 @@ def fit(task: Task, run: Run) -> None:
             inputs, targets = _batch(train_split, index, device)
             if task.augment is not None:
                 inputs = task.augment(inputs, order)
-            loss = loss_fn(model(inputs), targets)
+            loss = loss_fn(_to_float32(model(_to_dtype(inputs, dtype)), dtype), targets)
             if not torch.isfinite(loss):
                 raise Diverged(f"training loss is {float(loss.detach())} at epoch {epoch}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
@@ -659,8 +706,8 @@ def fit(task: Task, run: Run) -> None:
         eval_batch = run.config.train.eval_batch_size
         run.report(
             mean_loss,
-            _evaluate(model, data.val, error_fn, eval_batch, device),
-            _evaluate(model, data.test, error_fn, eval_batch, device),
+            _evaluate(model, data.val, error_fn, eval_batch, device, dtype),
+            _evaluate(model, data.test, error_fn, eval_batch, device, dtype),
         )
 
 
@@ -676,7 +723,8 @@ class _Inputs(nn.Module):
         self.network = network
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.network(self.convert(x))
+        # In the network's dtype: the conversion makes float32 whatever dtype the network trains in.
+        return self.network(_to_dtype(self.convert(x), next(self.network.parameters()).dtype))
 
 
 def _builtin_model(

@@ -164,7 +164,13 @@ def load_experiment(preset: str, smoke: bool = False, overrides: Mapping[str, An
         if overrides:
             tree = merge(tree, overrides)
         tree["name"] = f"{preset}-{arm_name}" + ("-smoke" if smoke else "")  # one folder name (config checks it)
-        configs.append(Arm(finding, arm_name, sweep_config_from_dict(tree)))
+        config = sweep_config_from_dict(tree)
+        if len(config.precisions) > 1:  # a finding's statistics read one grid per optimizer and arm
+            raise ConfigError(
+                f"precision = {list(config.precisions)!r}: an experiment's arm takes one precision; compare "
+                "precisions with decoupled sweep --dtype bfloat16 --precision ..."
+            )
+        configs.append(Arm(finding, arm_name, config))
     return Experiment(finding, preset, smoke, tuple(configs), tuple(needs))
 
 
