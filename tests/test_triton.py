@@ -352,6 +352,33 @@ def test_the_exact_split_at_ties_subnormals_and_the_overflow_edge(dtype: torch.d
     assert_same(device_remainder, expected_remainder, "remainder", ignore=nan)
 
 
+@pytest.mark.parametrize("dtype", LOW.values(), ids=LOW.keys())
+def test_stochastic_rounding_at_zero_among_subnormals_and_at_the_edges(dtype: torch.dtype) -> None:
+    """Signed zeros, subnormals, the smallest normal, the largest finite values and infinities, moved by changes
+    from a fraction of the gap to the next value (the small-change rule: at zero it moves to the smallest
+    subnormal of the change's sign) to many gaps (the rounded difference), SGD without momentum or decay."""
+    tiny = 2.0**-133 if dtype == torch.bfloat16 else 2.0**-24  # the smallest subnormal
+    big = torch.finfo(dtype).max
+    values = torch.tensor([0.0, -0.0, tiny, -tiny, 3 * tiny, 2.0**-14, 2.0**-126, 1.0, big, -big, math.inf, -math.inf])
+    changes = torch.tensor([tiny, -tiny, 2 * tiny, -5 * tiny, 300 * tiny, 0.0, 2.0**-10, -big])
+    generator = torch.Generator().manual_seed(11)
+    param = values[torch.randint(len(values), (3000,), generator=generator)].to(dtype)
+    expected, actual = param.clone(), param.to(TEST_DEVICE)
+    streams = [torch.tensor([lowp.stream_key(5, 0), 0]) for _ in range(2)]
+    streams[1] = streams[1].to(TEST_DEVICE)
+    hyper = dict(precision="stochastic", momentum=0.0, nesterov=False, maximize=False, decay_factor=0.0, l2=0.0)
+    moved_off_zero = 0
+    for lr in (0.37, 0.9, 3.0, 0.5):
+        grad = changes[torch.randint(len(changes), (3000,), generator=generator)].to(dtype)
+        zeros = expected == 0
+        lowp.sgd([expected], [grad], [], [], [streams[0]], lr=lr, cautious=False, foreach=False, **hyper)
+        triton_lowp.sgd_lowp_([actual], [grad.to(TEST_DEVICE)], [], [streams[1]], lr=lr, cautious=False, **hyper)
+        assert_same(actual, expected, f"parameter after lr {lr}")
+        moved_off_zero += int((zeros & (expected != 0)).sum())
+    assert torch.equal(streams[1].cpu(), streams[0])
+    assert moved_off_zero > 100, "the small-change rule moved zeros to a subnormal"
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_results_do_not_depend_on_the_block_size(precision: str, monkeypatch) -> None:
     runs = []
