@@ -65,6 +65,16 @@ def _theta(p_ptr, x_ptr, offsets, mask, BF16: tl.constexpr, EXACT: tl.constexpr)
 
 
 @triton.jit
+def _begin(p_ptr, g_ptr, x_ptr, numel, BF16: tl.constexpr, EXACT: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's elements [pid * BLOCK, (pid + 1) * BLOCK) of ``numel`` (int64 offsets and their mask), their
+    theta and own bits (:func:`_theta`) and their gradients as float32."""
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < numel
+    theta, own = _theta(p_ptr, x_ptr, offsets, mask, BF16, EXACT)
+    return offsets, mask, theta, own, _as_float(_bits16(g_ptr, offsets, mask), BF16)
+
+
+@triton.jit
 def _opposite(a, b):
     return ((a > 0) & (b < 0)) | ((a < 0) & (b > 0))
 
@@ -176,11 +186,8 @@ def adam_kernel(
     CAUTIOUS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """lowp.adam on one tensor: elements [pid * BLOCK, (pid + 1) * BLOCK) of ``numel``."""
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < numel
-    theta, own = _theta(p_ptr, x_ptr, offsets, mask, BF16, EXACT)
-    g = _as_float(_bits16(g_ptr, offsets, mask), BF16)
+    """lowp.adam on one tensor, one block of it per program."""
+    offsets, mask, theta, own, g = _begin(p_ptr, g_ptr, x_ptr, numel, BF16, EXACT, BLOCK)
     if MAXIMIZE:
         g = -g
     if HAS_L2:
@@ -219,11 +226,9 @@ def sgd_kernel(
     CAUTIOUS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """lowp.sgd on one tensor (``scaled_lr`` and ``scaled_l2`` carry the sign of maximize)."""
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < numel
-    theta, own = _theta(p_ptr, x_ptr, offsets, mask, BF16, EXACT)
-    g = _as_float(_bits16(g_ptr, offsets, mask), BF16)
+    """lowp.sgd on one tensor, one block of it per program (``scaled_lr`` and ``scaled_l2`` carry the sign of
+    maximize)."""
+    offsets, mask, theta, own, g = _begin(p_ptr, g_ptr, x_ptr, numel, BF16, EXACT, BLOCK)
     if HAS_L2:
         g = g + theta * scaled_l2
     step = g * scaled_lr

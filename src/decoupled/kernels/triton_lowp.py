@@ -19,7 +19,10 @@ Design:
   element is independent of every other; its random bits are a hash of its int64 offset in its tensor, so
   the result does not depend on the block size or the grid. The tensors are walked as raw memory from their
   data pointers, as the native kernels walk them: the dispatcher hands this module dense tensors that share
-  one layout per parameter (:mod:`.layout`). For contiguous tensors the offset is the element's index.
+  one layout per parameter (:mod:`.layout`). For contiguous tensors the offset is the element's index; for
+  other dense layouts (channels_last, transposed) it is its place in memory, as in the native kernels, while
+  lowp's torch ops number elements in logical order, so "stochastic" rounds such a parameter with other bits
+  there ("exact" is the same on every path).
 * Float32 arithmetic: the sequence of lowp's docstring, each operation rounded once. Triton contracts
   ``a * b + c`` into a fused multiply-add on CUDA unless told not to; every launch passes
   ``enable_fp_fusion=False``, a Triton compile option (part of the kernel's cache key) with which LLVM's NVPTX
@@ -27,8 +30,9 @@ Design:
   runs with ``--fmad=false``: tests/test_triton.py compiles the kernels for sm_90 without a GPU and finds no
   ``fma`` in their PTX. An option rather than rounding each intermediate through inline assembly: it keeps the
   kernels plain Triton, which the interpreter runs as they are. Division is :func:`triton.language.div_rn` and
-  the square root :func:`triton.language.sqrt_rn` (IEEE, correctly rounded; Triton's ``/`` and ``sqrt`` are
-  approximate on CUDA); the interpreter computes all of them with numpy's IEEE float32 operations.
+  the square root :func:`triton.language.sqrt_rn` (``div.rn.f32``, ``sqrt.rn.f32``: IEEE, correctly rounded;
+  Triton 3.9 compiles ``/`` to ``div.full.f32`` and ``sqrt`` to ``sqrt.approx.ftz.f32``), subnormals are kept
+  (no ``.ftz``); the interpreter computes all of them with numpy's IEEE float32 operations.
 * Rounding to 16 bits: integer operations on the bit patterns (the interpreter truncates float32-to-bfloat16
   casts), as lowp's: bfloat16 round half away from zero on the bit pattern with NaN kept quiet (the "exact"
   split), stochastic rounding on 32 random bits. The one float cast is float16's round to nearest, ties to
@@ -103,6 +107,21 @@ def _rounding_keys(streams: list[Tensor]) -> list[int]:
     return keys
 
 
+def _launches(params: list[Tensor], extras: list[Tensor], exact: bool):
+    """(index, numel, parameter, extra) of each non-empty parameter as its kernel takes them: the parameter as int16,
+    its remainder ("exact": int16 for bfloat16, float32 for float16) or, where no remainder is read, the
+    parameter again."""
+    for index, param in enumerate(params):
+        numel = param.numel()
+        if numel == 0:
+            continue
+        p = _int16(param)
+        if not exact:
+            yield index, numel, p, p
+        else:
+            yield index, numel, p, _int16(extras[index]) if param.dtype == torch.bfloat16 else extras[index]
+
+
 def _check(params: list[Tensor], precision: str) -> None:
     if precision not in ("exact", "stochastic"):
         raise ValueError(f"the Triton kernels take precision 'exact' or 'stochastic', got {precision!r}")
@@ -111,11 +130,11 @@ def _check(params: list[Tensor], precision: str) -> None:
         raise ValueError(f"the Triton kernels take bfloat16 or float16 parameters, got {dtype}")
 
 
-def _launch(kernel: Any, numel: int, device: torch.device, *args: Any, **constants: Any) -> None:
+def _launch(kernel: Any, numel: int, device: torch.device, *args: Any, **kwargs: Any) -> None:
     grid = (-(-numel // BLOCK),)  # ceil(numel / BLOCK) programs
     # Triton launches on the current CUDA device: make it the tensors' own.
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        kernel[grid](*args, BLOCK=BLOCK, **LAUNCH_OPTIONS, **constants)
+        kernel[grid](*args, BLOCK=BLOCK, **LAUNCH_OPTIONS, **kwargs)
 
 
 def adam_lowp_(
@@ -157,16 +176,11 @@ def adam_lowp_(
         HAS_L2=l2 != 0, CAUTIOUS=bool(cautious),
     )  # fmt: skip
     kernel = _jit().adam_kernel
-    for index, param in enumerate(params):
-        numel = param.numel()
-        if numel == 0:
-            continue
+    for index, numel, p, x in _launches(params, extras, exact):
         t = counts[index]
-        p = _int16(param)
-        x = (_int16(extras[index]) if param.dtype == torch.bfloat16 else extras[index]) if exact else p
         m, v = exp_avgs[index], exp_avg_sqs[index]
         _launch(
-            kernel, numel, param.device, p, _int16(grads[index]), m, v, max_exp_avg_sqs[index] if amsgrad else v, x,
+            kernel, numel, p.device, p, _int16(grads[index]), m, v, max_exp_avg_sqs[index] if amsgrad else v, x,
             numel, step_size=_f32(lr / (1.0 - beta1**t)), inv_bc2=_f32(1.0 / math.sqrt(1.0 - beta2**t)),
             step_key=keys[index], **shared, **flags,
         )  # fmt: skip
@@ -204,14 +218,9 @@ def sgd_lowp_(
         HAS_L2=l2 != 0, CAUTIOUS=bool(cautious),
     )  # fmt: skip
     kernel = _jit().sgd_kernel
-    for index, param in enumerate(params):
-        numel = param.numel()
-        if numel == 0:
-            continue
-        p = _int16(param)
-        x = (_int16(extras[index]) if param.dtype == torch.bfloat16 else extras[index]) if exact else p
+    for index, numel, p, x in _launches(params, extras, exact):
         buffer = momentum_buffers[index] if momentum != 0 else p
         _launch(
-            kernel, numel, param.device, p, _int16(grads[index]), buffer, x, numel, step_key=keys[index], **shared,
+            kernel, numel, p.device, p, _int16(grads[index]), buffer, x, numel, step_key=keys[index], **shared,
             **flags,
         )  # fmt: skip
