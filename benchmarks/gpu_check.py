@@ -127,15 +127,18 @@ def bytes_per_parameter(impl: str, family: str, dtype: str) -> int:
     """The bytes a step must read and write per parameter: the parameter, its gradient and its state.
 
     torch's optimizers and fp32/fp64 parameters: 7 (Adam) or 5 (SGD with momentum) tensors of the dtype. Ours on
-    bf16 parameters run precision="exact" by default: a 16-bit remainder read and written beside the parameter,
-    and float32 moments for AdamW/SGDW (decouple() keeps the inner optimizer's, of the parameter's dtype): AdamW
-    26 B (torch's bf16 AdamW 14 B), SGDW 18 B, decouple(Adam) 18 B.
+    bf16 parameters run precision="exact" by default, with a 16-bit remainder beside the parameter: AdamW/SGDW read
+    and write the parameter, the remainder and float32 moments and read the gradient (AdamW 26 B, against torch's
+    bf16 AdamW 14 B; SGDW 18 B); decouple() runs the inner optimizer's own bf16 step after a decay pass that reads
+    and writes the parameter and its remainder (decouple(Adam) 14 + 8 = 22 B).
     """
     size = BYTES_PER_ELEMENT_PER_TENSOR[dtype]
+    plain = TENSORS_MOVED[family] * size
     if dtype != "bf16" or impl.startswith("torch "):
-        return TENSORS_MOVED[family] * size
-    moments = MOMENTS[family] * (size if impl.startswith("decouple(") else 4)
-    return 2 * (size + size + moments) + size  # read and write param, remainder, moments; read the gradient
+        return plain
+    if impl.startswith("decouple("):
+        return plain + 2 * (size + size)
+    return 2 * (size + size + 4 * MOMENTS[family]) + size
 
 
 def bandwidth_rows(bench: dict[str, Any], copy_gbps: float) -> list[dict[str, Any]]:
