@@ -7,12 +7,20 @@ Steps (each with its own time budget; the whole run stops at 9.5 minutes):
 1. ``parity``: the parity tests on cuda (``DECOUPLED_TEST_DEVICE=cuda pytest tests/test_parity.py
    tests/test_kernel_paths.py tests/test_torch_equivalence.py tests/test_decouple.py``): every kernel path and
    decouple() route against the float64 references, the optimizers' tensors on the GPU.
-2. ``copy-bandwidth``: the HBM bandwidth limit, measured by a device-to-device copy of a 2 GiB tensor (reads
+2. ``low-precision``: bfloat16/float16 parameters on cuda (``DECOUPLED_TEST_DEVICE=cuda pytest
+   tests/test_triton.py`` and the device tests of tests/test_precision.py, its ``DEVICE_TESTS``): the Triton
+   kernels compiled and run on the GPU, bit for bit lowp's float32 step on CPU copies, and the optimizers'
+   "exact" and "stochastic" runs on the GPU against the float64-emulated float32 reference. Needs Triton
+   (``pip install 'decoupled[triton]'``): without it the step fails and says so.
+3. ``copy-bandwidth``: the HBM bandwidth limit, measured by a device-to-device copy of a 2 GiB tensor (reads
    and writes count: 2 x 2 GiB per copy), the fastest of 10.
-3. ``bench``: benchmarks/bench.py on cuda at 100M and 1B parameters (in 100 and 200 tensors), fp32 and bf16:
+4. ``bench``: benchmarks/bench.py on cuda at 100M and 1B parameters (in 100 and 200 tensors), fp32 and bf16:
    AdamW/SGDW's default paths and decouple(Adam) as a ratio to torch.optim.AdamW(fused=True) /
-   SGD(momentum=0.9, fused=True), and, here, the bytes each step must move over the copy bandwidth of step 2.
-4. ``sweep``: ``decoupled sweep --preset smoke --device cuda``.
+   SGD(momentum=0.9, fused=True) on the same parameters, and, here, the bytes each step must move over the copy
+   bandwidth of step 3. On bf16 parameters AdamW/SGDW's default is precision="exact" (float32 moments and a
+   16-bit remainder, the Triton kernel): those rows are the low-precision default against torch's fused AdamW/SGD
+   on the same bf16 parameters (which keep bf16 moments and lose small decays).
+5. ``sweep``: ``decoupled sweep --preset smoke --device cuda``.
 
 It writes into ``--out`` (default ``runs/gpu-check-TIME``): one log per step, ``bench.json``/``bench.md``,
 the sweep's folder, and ``summary.json`` + ``summary.md`` (status, seconds and the key numbers of every step).
@@ -23,6 +31,9 @@ CUDA device is visible. ``--dry-run`` prints the plan without running anything (
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.metadata
+import importlib.util
 import json
 import os
 import subprocess
@@ -36,10 +47,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TOTAL_BUDGET_S = 570  # the whole check: under 10 minutes with the interpreter's start and the summary
 PARITY_TESTS = ["tests/test_parity.py", "tests/test_kernel_paths.py", "tests/test_torch_equivalence.py",
                 "tests/test_decouple.py"]  # fmt: skip
+PRECISION_TESTS = Path("tests") / "test_precision.py"  # its DEVICE_TESTS run in the low-precision step
 BENCH_SIZES = ["100M/100", "1000M/200"]
 BENCH_ONLY = r"^(AdamW\[(decoupled|lr)\] auto|SGDW\[decoupled\] auto|decouple\(Adam\) default)$"
 BYTES_PER_ELEMENT_PER_TENSOR = {"fp32": 4, "bf16": 2, "fp64": 8}
 TENSORS_MOVED = {"adam": 7, "sgd": 5}  # Adam(W): read param, grad, m, v; write param, m, v. SGD momentum: 5.
+MOMENTS = {"adam": 2, "sgd": 1}
 COPY_BYTES = 2 * 2**30
 
 
@@ -50,6 +63,7 @@ class Step:
     budget_s: int
     env: dict[str, str] = field(default_factory=dict)
     log: str = ""
+    needs: str = ""  # a module the step cannot run without ("" for none)
 
 
 @dataclass
@@ -61,20 +75,33 @@ class Outcome:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
+def precision_device_tests() -> list[str]:
+    """The node ids of tests/test_precision.py's DEVICE_TESTS (read from its source: nothing is imported)."""
+    tree = ast.parse((ROOT / PRECISION_TESTS).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "DEVICE_TESTS" for t in node.targets):
+            return [f"{PRECISION_TESTS.as_posix()}::{name}" for name in ast.literal_eval(node.value)]
+    raise RuntimeError(f"{PRECISION_TESTS} has no DEVICE_TESTS")
+
+
 def plan(out: Path) -> list[Step]:
     """The check's steps, in order, each a command run from the repository root."""
     python = sys.executable
+    pytest = [python, "-m", "pytest", "-q", "--maxfail=20", "-p", "no:cacheprovider"]
     return [
-        Step("parity", [python, "-m", "pytest", "-q", "--maxfail=20", "-p", "no:cacheprovider", *PARITY_TESTS,
-                        f"--junitxml={out / 'parity.xml'}"], 270, {"DECOUPLED_TEST_DEVICE": "cuda"}, "parity.log"),
-        Step("copy-bandwidth", [python, str(Path(__file__).resolve()), "--_copy-bandwidth"], 30,
+        Step("parity", [*pytest, *PARITY_TESTS, f"--junitxml={out / 'parity.xml'}"], 220,
+             {"DECOUPLED_TEST_DEVICE": "cuda"}, "parity.log"),
+        Step("low-precision", [*pytest, "tests/test_triton.py", *precision_device_tests(),
+                               f"--junitxml={out / 'low-precision.xml'}"], 100,
+             {"DECOUPLED_TEST_DEVICE": "cuda"}, "low-precision.log", needs="triton"),
+        Step("copy-bandwidth", [python, str(Path(__file__).resolve()), "--_copy-bandwidth"], 20,
              log="copy-bandwidth.log"),
         Step("bench", [python, str(ROOT / "benchmarks" / "bench.py"), "--device", "cuda", "--sizes", *BENCH_SIZES,
                        "--dtypes", "fp32", "bf16", "--only", BENCH_ONLY, "--rounds", "5", "--steps", "3",
                        "--no-memory", "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md")],
-             180, log="bench.log"),
+             170, log="bench.log"),
         Step("sweep", [python, "-m", "decoupled.cli", "sweep", "--preset", "smoke", "--device", "cuda",
-                       "--out", str(out / "sweep")], 90, log="sweep.log"),
+                       "--out", str(out / "sweep")], 60, log="sweep.log"),
     ]  # fmt: skip
 
 
@@ -96,13 +123,31 @@ def copy_bandwidth_gbps(nbytes: int = COPY_BYTES, repeats: int = 10) -> float:
     return 2 * nbytes / best / 1e9
 
 
+def bytes_per_parameter(impl: str, family: str, dtype: str) -> int:
+    """The bytes a step must read and write per parameter: the parameter, its gradient and its state.
+
+    torch's optimizers and fp32/fp64 parameters: 7 (Adam) or 5 (SGD with momentum) tensors of the dtype. Ours on
+    bf16 parameters run precision="exact" by default, with a 16-bit remainder beside the parameter: AdamW/SGDW read
+    and write the parameter, the remainder and float32 moments and read the gradient (AdamW 26 B, against torch's
+    bf16 AdamW 14 B; SGDW 18 B); decouple() runs the inner optimizer's own bf16 step after a decay pass that reads
+    and writes the parameter and its remainder (decouple(Adam) 14 + 8 = 22 B).
+    """
+    size = BYTES_PER_ELEMENT_PER_TENSOR[dtype]
+    plain = TENSORS_MOVED[family] * size
+    if dtype != "bf16" or impl.startswith("torch "):
+        return plain
+    if impl.startswith("decouple("):
+        return plain + 2 * (size + size)
+    return 2 * (size + size + 4 * MOMENTS[family]) + size
+
+
 def bandwidth_rows(bench: dict[str, Any], copy_gbps: float) -> list[dict[str, Any]]:
     """Each timed bench row with its ratio and the % of the copy bandwidth its step's bytes reach."""
     rows = []
     for r in bench["results"]:
         if r.get("note") or r["ms"] != r["ms"]:  # skipped, or not timed
             continue
-        moved = TENSORS_MOVED[r["family"]] * BYTES_PER_ELEMENT_PER_TENSOR[r["dtype"]] * r["total"]
+        moved = bytes_per_parameter(r["impl"], r["family"], r["dtype"]) * r["total"]
         gbps = moved / (r["ms"] * 1e-3) / 1e9
         rows.append({"impl": r["impl"], "size": r["size"], "dtype": r["dtype"], "ms": r["ms"], "ratio": r["ratio"],
                      "pct_copy_bw": 100 * gbps / copy_gbps if copy_gbps else float("nan")})  # fmt: skip
@@ -121,6 +166,13 @@ def summary_markdown(outcomes: list[Outcome], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _version(module: str) -> str:
+    try:
+        return importlib.metadata.version(module)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def _tail(path: Path, lines: int = 1) -> str:
     text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
     return " / ".join(text[-lines:])[:300]
@@ -130,6 +182,9 @@ def run_step(step: Step, out: Path, seconds_left: float) -> Outcome:
     budget = min(step.budget_s, seconds_left)
     if budget < 5:
         return Outcome(step.name, "skipped", 0.0, "no time left in the 10-minute budget")
+    if step.needs and importlib.util.find_spec(step.needs) is None:
+        return Outcome(step.name, "failed", 0.0, f"needs {step.needs}, which is not installed "
+                       f"(pip install 'decoupled[{step.needs}]'); nothing was run")  # fmt: skip
     env = dict(os.environ, **step.env)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH", "")]))
     log = out / step.log
@@ -172,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     machine = f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB), "
-    machine += f"torch {torch.__version__}, CUDA {torch.version.cuda}"
+    machine += f"torch {torch.__version__}, CUDA {torch.version.cuda}, triton {_version('triton')}"
     deadline = time.monotonic() + TOTAL_BUDGET_S
     outcomes: list[Outcome] = []
     copy_gbps = 0.0

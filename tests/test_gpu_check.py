@@ -42,13 +42,49 @@ def test_dry_run_prints_every_step_within_ten_minutes(tmp_path):
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith(f"gpu check: results into {tmp_path / 'out'}")
     steps = [line.split()[0] for line in lines[1:]]
-    assert steps == ["parity", "copy-bandwidth", "bench", "sweep"]
+    assert steps == ["parity", "low-precision", "copy-bandwidth", "bench", "sweep"]
     assert "DECOUPLED_TEST_DEVICE=cuda" in lines[1] and "tests/test_parity.py" in lines[1]
     assert "tests/test_kernel_paths.py" in lines[1]
-    assert "--device cuda --sizes 100M/100 1000M/200" in lines[3]
-    assert "sweep --preset smoke --device cuda" in lines[4]
+    assert "DECOUPLED_TEST_DEVICE=cuda" in lines[2] and "tests/test_triton.py" in lines[2]
+    assert "tests/test_precision.py::test_exact_is_the_float32_master_run_bit_for_bit" in lines[2]
+    assert "--device cuda --sizes 100M/100 1000M/200" in lines[4] and "--dtypes fp32 bf16" in lines[4]
+    assert "sweep --preset smoke --device cuda" in lines[5]
     gpu_check = load()
     assert sum(step.budget_s for step in gpu_check.plan(tmp_path)) <= gpu_check.TOTAL_BUDGET_S < 600
+
+
+def test_the_low_precision_step_runs_the_device_tests_of_test_precision():
+    """Its node ids are test_precision's DEVICE_TESTS, each a test that exists there and follows TEST_DEVICE."""
+    import test_precision
+
+    gpu_check = load()
+    ids = gpu_check.precision_device_tests()
+    assert ids == [f"tests/test_precision.py::{name}" for name in test_precision.DEVICE_TESTS]
+    for name in test_precision.DEVICE_TESTS:
+        assert callable(getattr(test_precision, name)), name
+    step = next(s for s in gpu_check.plan(ROOT / "out") if s.name == "low-precision")
+    assert step.needs == "triton" and step.env == {"DECOUPLED_TEST_DEVICE": "cuda"}
+    assert "tests/test_triton.py" in step.command and set(ids) <= set(step.command)
+
+
+def test_a_step_whose_module_is_missing_fails_and_says_so(tmp_path):
+    gpu_check = load()
+    step = gpu_check.Step("low-precision", [sys.executable, "-c", "raise SystemExit(3)"], 30,
+                          log="x.log", needs="no_such_module_here")  # fmt: skip
+    outcome = gpu_check.run_step(step, tmp_path, 100.0)
+    assert outcome.status == "failed" and "needs no_such_module_here, which is not installed" in outcome.detail
+    assert not (tmp_path / "x.log").exists(), "nothing was run"
+
+
+def test_bytes_per_parameter_count_the_remainder_and_float32_moments_of_exact_bf16():
+    gpu_check = load()
+    count = gpu_check.bytes_per_parameter
+    assert count("torch AdamW fused", "adam", "fp32") == 28 and count("AdamW[decoupled] auto", "adam", "fp32") == 28
+    assert count("torch AdamW fused", "adam", "bf16") == 14  # bf16 moments
+    assert count("AdamW[decoupled] auto", "adam", "bf16") == 26  # 2+2+2+8 read, 2+2+8 written
+    assert count("SGDW[decoupled] auto", "sgd", "bf16") == 18  # 2+2+2+4 read, 2+2+4 written
+    assert count("torch SGD fused", "sgd", "bf16") == 10
+    assert count("decouple(Adam) default", "adam", "bf16") == 22  # torch's bf16 Adam and a decay pass (2 x 4 B)
 
 
 def test_bench_rows_get_the_share_of_the_copy_bandwidth():
@@ -57,16 +93,16 @@ def test_bench_rows_get_the_share_of_the_copy_bandwidth():
         {"impl": "torch AdamW fused", "family": "adam", "size": "100M/100", "dtype": "fp32", "total": 10**8,
          "ms": 1.0, "ratio": 1.0, "note": ""},
         {"impl": "SGDW[decoupled] auto", "family": "sgd", "size": "1000M/200", "dtype": "bf16", "total": 10**9,
-         "ms": 4.0, "ratio": 0.98, "note": ""},
+         "ms": 6.0, "ratio": 0.98, "note": ""},
         {"impl": "skipped", "family": "sgd", "size": "1000M/200", "dtype": "bf16", "total": 10**9,
          "ms": float("nan"), "ratio": float("nan"), "note": "not here"},
     ]}  # fmt: skip
     rows = gpu_check.bandwidth_rows(bench, copy_gbps=4000.0)
     assert [r["impl"] for r in rows] == ["torch AdamW fused", "SGDW[decoupled] auto"]
     assert rows[0]["pct_copy_bw"] == pytest.approx(100 * 28e8 / 1e-3 / 1e9 / 4000)  # 28 B/param in 1 ms: 70%
-    assert rows[1]["pct_copy_bw"] == pytest.approx(100 * 10e9 / 4e-3 / 1e9 / 4000)
+    assert rows[1]["pct_copy_bw"] == pytest.approx(100 * 18e9 / 6e-3 / 1e9 / 4000)  # exact bf16: 18 B/param
     text = gpu_check.summary_markdown([gpu_check.Outcome("bench", "passed", 12.0, "exit 0", {"rows": rows})], "H")
-    assert "| SGDW[decoupled] auto | 1000M/200 | bf16 | 4.000 | 0.98 | 62% |" in text
+    assert "| SGDW[decoupled] auto | 1000M/200 | bf16 | 6.000 | 0.98 | 75% |" in text
 
 
 def test_the_parity_tests_refuse_a_cuda_device_that_is_not_there():

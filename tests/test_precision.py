@@ -10,6 +10,10 @@ applies the float32 step to it. It is compared, bit for bit, with two independen
 over hundreds of scheduled steps with two param groups, on every kernel path, at 1 and 2 threads. Also: the pure
 decay down to 1e-7 per step, "stochastic" (unbiased, reproducible, independent of path and threads), the
 masters' read-out and load, checkpoints, decouple(), odd layouts, and the refusals.
+
+With DECOUPLED_TEST_DEVICE=cuda (benchmarks/gpu_check.py runs the tests of DEVICE_TESTS so) the optimizers' tensors
+of the exact-mode runs, the decay conventions, the odd layouts and the stochastic paths live on the GPU (the
+one-pass path is then the Triton kernel); the references stay on the CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import itertools
 
 import pytest
 import torch
+from device import TEST_DEVICE
 from reference import ReferenceMasterAdam, ReferenceMasterSGD, cosine_warm_restarts, round_like_parameter
 
 import decoupled
@@ -33,6 +38,14 @@ PATHS = {
     "foreach": {"foreach": True},
     "fused": {"fused": True},
 }
+# The tests that run on DECOUPLED_TEST_DEVICE (the others are about the CPU's native kernels and threads, or
+# device-independent bookkeeping).
+DEVICE_TESTS = (
+    "test_exact_is_the_float32_master_run_bit_for_bit",
+    "test_exact_follows_every_decay_convention",
+    "test_exact_on_odd_layouts",
+    "test_stochastic_is_reproducible_from_its_seed_and_the_same_on_every_path",
+)
 native_only = pytest.mark.skipif(not native.available(), reason=f"native kernel: {native.unavailable_reason()}")
 STEPS_PER_EPOCH, FIRST_PERIOD, PERIOD_MULT = 10, 3.0, 2.0
 
@@ -108,7 +121,7 @@ def _groups(params: list[list[torch.Tensor]], family: str) -> list[dict]:
 def run_low_precision(case: str, dtype: torch.dtype, steps: int, decay: str = "decoupled", **extra):
     """The case on ``dtype`` parameters under CosineWarmRestarts; returns (optimizer, flat parameter list)."""
     family, kwargs, _ = CASES[case]
-    params = [[torch.nn.Parameter(t) for t in group] for group in _initial(dtype)]
+    params = [[torch.nn.Parameter(t.to(TEST_DEVICE)) for t in group] for group in _initial(dtype)]
     optimizer = _optimizer(family, _groups(params, family), kwargs, decay=decay, **extra)
     scheduler = decoupled.CosineWarmRestarts(
         optimizer, first_period=FIRST_PERIOD, steps_per_epoch=STEPS_PER_EPOCH, period_mult=PERIOD_MULT
@@ -116,7 +129,8 @@ def run_low_precision(case: str, dtype: torch.dtype, steps: int, decay: str = "d
     flat = [p for group in params for p in group]
     for step in range(steps):
         for index, param in enumerate(flat):
-            param.grad = _gradient(param.shape, step, index, dtype)
+            grad = _gradient(param.shape, step, index, dtype)
+            param.grad = None if grad is None else grad.to(TEST_DEVICE)
         optimizer.step()
         scheduler.step()
     return optimizer, flat
@@ -350,12 +364,12 @@ def test_exact_on_odd_layouts(path: str) -> None:
     base = [torch.randn(2, 3, 4, 5, generator=generator), torch.randn(6, 7, generator=generator), torch.randn(50, generator=generator)]
 
     def make(odd: bool) -> list[torch.nn.Parameter]:
-        values = [t.bfloat16() for t in base]
+        values = [t.bfloat16().to(TEST_DEVICE) for t in base]
         if odd:
             values = [
                 values[0].to(memory_format=torch.channels_last),
                 values[1].t().contiguous().t(),
-                torch.zeros(100, dtype=torch.bfloat16)[::2].copy_(values[2]),
+                torch.zeros(100, dtype=torch.bfloat16, device=TEST_DEVICE)[::2].copy_(values[2]),
             ]
         return [torch.nn.Parameter(v) for v in values]
 
@@ -366,7 +380,7 @@ def test_exact_on_odd_layouts(path: str) -> None:
         grads = torch.Generator().manual_seed(9)
         for _ in range(8):
             for p in params:
-                p.grad = torch.randn(p.shape, generator=grads).bfloat16()
+                p.grad = torch.randn(p.shape, generator=grads).bfloat16().to(TEST_DEVICE)
             optimizer.step()
         runs.append([decoupled.master_weights(optimizer)[p].contiguous() for p in params])
     for index, (a, b) in enumerate(zip(*runs)):
@@ -423,14 +437,14 @@ def test_stochastic_rounding_of_one_step_is_unbiased(dtype: torch.dtype) -> None
 def test_stochastic_is_reproducible_from_its_seed_and_the_same_on_every_path(family: str) -> None:
     def run(seed: int, path: dict) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(4)
-        params = [torch.nn.Parameter(torch.randn(n, generator=generator).to(dtype)) for n, dtype in ((301, torch.bfloat16), (77, torch.float16))]
+        params = [torch.nn.Parameter(torch.randn(n, generator=generator).to(dtype).to(TEST_DEVICE)) for n, dtype in ((301, torch.bfloat16), (77, torch.float16))]
         cls = decoupled.AdamW if family == "adam" else decoupled.SGDW
         optimizer = cls(params, lr=BASE_LR[family], weight_decay=0.05, precision="stochastic", seed=seed, **path)
         for _ in range(15):
             for p in params:
-                p.grad = torch.randn(p.shape, generator=generator).to(p.dtype)
+                p.grad = torch.randn(p.shape, generator=generator).to(p.dtype).to(TEST_DEVICE)
             optimizer.step()
-        return [p.detach().clone() for p in params]
+        return [p.detach().cpu() for p in params]
 
     first = run(7, PATHS["default"])
     for name, path in PATHS.items():
