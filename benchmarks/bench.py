@@ -311,6 +311,7 @@ class Result:
     extra_mb: float = float("nan")
     extra_pct: float = float("nan")
     note: str = ""
+    moved_bytes: float = float("nan")  # bytes per parameter a step must move (Impl.bytes_per_element)
 
 
 def time_config(impls: list[Impl], params: list[torch.Tensor], bandwidth: Bandwidth, *, device: str,
@@ -635,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
                     result = Result(impl.name, impl.family, label, thread_label, dtype_name, total, count, note=impl.skip)
                     if not impl.skip:
                         result.ms, result.first_ms, result.ratio = timings[impl.name]
-                        moved = impl.bytes_per_element(dtype_name)[0] * total
+                        result.moved_bytes = impl.bytes_per_element(dtype_name)[0]
+                        moved = result.moved_bytes * total
                         result.bw_pct = 100 * moved / (result.ms * 1e-3) / 1e9 / bandwidth.gbps
                     results.append(result)
         bandwidths[thread_label] = bandwidth.gbps

@@ -50,9 +50,6 @@ PARITY_TESTS = ["tests/test_parity.py", "tests/test_kernel_paths.py", "tests/tes
 PRECISION_TESTS = Path("tests") / "test_precision.py"  # its DEVICE_TESTS run in the low-precision step
 BENCH_SIZES = ["100M/100", "1000M/200"]
 BENCH_ONLY = r"^(AdamW\[(decoupled|lr)\] auto|SGDW\[decoupled\] auto|decouple\(Adam\) default)$"
-BYTES_PER_ELEMENT_PER_TENSOR = {"fp32": 4, "bf16": 2, "fp64": 8}
-TENSORS_MOVED = {"adam": 7, "sgd": 5}  # Adam(W): read param, grad, m, v; write param, m, v. SGD momentum: 5.
-MOMENTS = {"adam": 2, "sgd": 1}
 COPY_BYTES = 2 * 2**30
 
 
@@ -123,31 +120,13 @@ def copy_bandwidth_gbps(nbytes: int = COPY_BYTES, repeats: int = 10) -> float:
     return 2 * nbytes / best / 1e9
 
 
-def bytes_per_parameter(impl: str, family: str, dtype: str) -> int:
-    """The bytes a step must read and write per parameter: the parameter, its gradient and its state.
-
-    torch's optimizers and fp32/fp64 parameters: 7 (Adam) or 5 (SGD with momentum) tensors of the dtype. Ours on
-    bf16 parameters run precision="exact" by default, with a 16-bit remainder beside the parameter: AdamW/SGDW read
-    and write the parameter, the remainder and float32 moments and read the gradient (AdamW 26 B, against torch's
-    bf16 AdamW 14 B; SGDW 18 B); decouple() runs the inner optimizer's own bf16 step after a decay pass that reads
-    and writes the parameter and its remainder (decouple(Adam) 14 + 8 = 22 B).
-    """
-    size = BYTES_PER_ELEMENT_PER_TENSOR[dtype]
-    plain = TENSORS_MOVED[family] * size
-    if dtype != "bf16" or impl.startswith("torch "):
-        return plain
-    if impl.startswith("decouple("):
-        return plain + 2 * (size + size)
-    return 2 * (size + size + 4 * MOMENTS[family]) + size
-
-
 def bandwidth_rows(bench: dict[str, Any], copy_gbps: float) -> list[dict[str, Any]]:
     """Each timed bench row with its ratio and the % of the copy bandwidth its step's bytes reach."""
     rows = []
     for r in bench["results"]:
         if r.get("note") or r["ms"] != r["ms"]:  # skipped, or not timed
             continue
-        moved = bytes_per_parameter(r["impl"], r["family"], r["dtype"]) * r["total"]
+        moved = r["moved_bytes"] * r["total"]  # bench.py's Impl.bytes_per_element: 26 B for exact bf16 AdamW
         gbps = moved / (r["ms"] * 1e-3) / 1e9
         rows.append({"impl": r["impl"], "size": r["size"], "dtype": r["dtype"], "ms": r["ms"], "ratio": r["ratio"],
                      "pct_copy_bw": 100 * gbps / copy_gbps if copy_gbps else float("nan")})  # fmt: skip

@@ -357,6 +357,32 @@ def test_a_group_mixing_dtypes_steps_each_as_its_own() -> None:
 # Odd memory layouts
 
 
+@pytest.mark.parametrize("precision", ["exact", "stochastic"])
+def test_odd_layouts_give_the_same_bits_on_every_path(precision: str) -> None:
+    """channels_last and transposed bf16 parameters with gradients of their layout (the one-pass kernels take
+    them and number elements by their place in memory), and a strided slice (the torch-op paths only)."""
+
+    def run(path: dict) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(8)
+        params = [
+            torch.nn.Parameter(torch.randn(2, 3, 4, 5, generator=generator).bfloat16().to(memory_format=torch.channels_last)),
+            torch.nn.Parameter(torch.randn(7, 6, generator=generator).bfloat16().t()),
+            torch.nn.Parameter(torch.zeros(100, dtype=torch.bfloat16)[::2]),
+        ]
+        optimizer = decoupled.AdamW(params, lr=1e-2, weight_decay=0.1, precision=precision, **path)
+        for _ in range(6):
+            for p in params:
+                grad = torch.randn(p.shape, generator=generator).bfloat16()
+                p.grad = torch.empty_like(p).copy_(grad)  # the parameter's own layout
+            optimizer.step()
+        return [p.detach().clone() for p in params]
+
+    expected = run(PATHS["forloop"])
+    for name, path in PATHS.items():
+        for index, (a, b) in enumerate(zip(run(path), expected)):
+            assert_bits_equal(a, b, f"{name}: parameter {index}")
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_exact_on_odd_layouts(path: str) -> None:
     """channels_last, transposed and strided (sliced) bf16 parameters: the same bits as contiguous ones."""

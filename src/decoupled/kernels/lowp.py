@@ -17,8 +17,8 @@ its optimizer, and writes the result back:
   and the remainder 0.
 * ``stochastic``: no remainder; the parameter is rounded from the float32 result up or down with probabilities
   that make its expectation that result (:func:`round_stochastic_`), with random bits from a counter-based hash
-  of (stream key, count, element index): reproducible from the optimizer's seed and independent of the thread
-  count and the kernel path.
+  of (stream key, count, element index; :func:`element_indices`: the place in memory): reproducible from the
+  optimizer's seed and independent of the thread count and the kernel path.
 
 The float32 step is one fixed sequence of IEEE operations, each rounded to float32 once (no fused
 multiply-adds), with the hyperparameters rounded to float32 once from the double values computed on the host.
@@ -49,10 +49,13 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from . import layout
+
 __all__ = [
     "LOW_PRECISION_DTYPES",
     "adam",
     "decay_",
+    "element_indices",
     "join",
     "mix32",
     "random_bits",
@@ -148,16 +151,29 @@ def _mix32_tensor(x: Tensor) -> Tensor:
     return x ^ (x >> 15)
 
 
-def random_bits(numel: int, stream: Tensor) -> Tensor:
-    """The 32 random bits (int64 values in [0, 2^32)) of each element of a tensor at one rounding.
+def element_indices(like: Tensor) -> Tensor:
+    """Each element's index as the one-pass kernels number it (int64, ``like``'s shape): its place in memory
+    from the first element for a dense tensor (contiguous, channels_last, transposed: the order the native and
+    Triton kernels walk), and its row-major index for any other (which only the torch-op paths take)."""
+    index = torch.empty_like(like, dtype=torch.int64, device=like.device)  # a dense tensor keeps its strides
+    if index.stride() == like.stride() and layout.is_dense(like):
+        index.as_strided((index.numel(),), (1,)).copy_(torch.arange(index.numel(), device=like.device))
+        return index
+    return torch.arange(like.numel(), dtype=torch.int64, device=like.device).view(like.shape)
+
+
+def random_bits(index: Tensor | int, stream: Tensor) -> Tensor:
+    """The 32 random bits (int64 values in [0, 2^32)) of elements at one rounding: ``index`` holds their
+    int64 indices (:func:`element_indices`; an int n means 0 .. n-1).
 
     ``stream`` is the parameter's int64 pair (key, count), read on its device (never on the host). Element i
     gets mix32(lo32(i) ^ mix32(S + hi32(i))) with S = mix32(key ^ mix32(count)): the native and Triton kernels
     compute the same bits, so the rounding does not depend on the path or the thread count.
     """
+    if isinstance(index, int):
+        index = torch.arange(index, dtype=torch.int64, device=stream.device)
     key, count = stream[0] & _MASK32, stream[1] & _MASK32
     step_key = _mix32_tensor(key ^ _mix32_tensor(count))
-    index = torch.arange(numel, dtype=torch.int64, device=stream.device)
     block_key = _mix32_tensor((step_key + (index >> 32)) & _MASK32)
     return _mix32_tensor((index & _MASK32) ^ block_key)
 
@@ -176,7 +192,7 @@ def round_stochastic_(theta: Tensor, delta: Tensor, param: Tensor, stream: Tenso
     2^-24 with 32 random bits below it. NaN stays NaN; overflow gives inf.
     """
     stream[1] += 1
-    bits = random_bits(theta.numel(), stream).view(theta.shape)
+    bits = random_bits(element_indices(param), stream)
     own = theta.to(param.dtype).view(torch.int16).to(torch.int64) & 0xFFFF  # theta's own bits (it is exact)
     # The small change: the neighbour in the direction of -delta and the gap to it (exact in float32).
     sign_bit = 0x8000

@@ -20,9 +20,8 @@ Design:
   the result does not depend on the block size or the grid. The tensors are walked as raw memory from their
   data pointers, as the native kernels walk them: the dispatcher hands this module dense tensors that share
   one layout per parameter (:mod:`.layout`). For contiguous tensors the offset is the element's index; for
-  other dense layouts (channels_last, transposed) it is its place in memory, as in the native kernels, while
-  lowp's torch ops number elements in logical order: under "stochastic" such a parameter gets other random
-  bits on the torch-op paths than on the one-pass ones ("exact" is the same on every path).
+  other dense layouts (channels_last, transposed) it is its place in memory, as in the native kernels and in
+  lowp's torch ops (:func:`.lowp.element_indices`), so "stochastic" gives the same bits on every path too.
 * Float32 arithmetic: the sequence of lowp's docstring, each operation rounded once. Triton contracts
   ``a * b + c`` into a fused multiply-add on CUDA unless told not to; every launch passes
   ``enable_fp_fusion=False``, a Triton compile option (part of the kernel's cache key) with which LLVM's NVPTX
